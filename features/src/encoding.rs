@@ -1,0 +1,296 @@
+//! The ONE feature encoding, used by training and serving alike.
+//!
+//! Both paths first build a [`FeatureInput`]: the router from in-memory structs
+//! ([`FeatureInput::from_parts`]), the trainer from telemetry rows read out of Arrow batches
+//! ([`FeatureInput::from_record`]). One function, [`FeatureSpace::encode`], then turns it into a
+//! numeric row. Categorical columns are encoded as level indices whose vocabulary is recorded
+//! with the model ([`FeatureSpace`]); a level the model never saw is encoded as missing (NaN),
+//! which LightGBM routes down each split's default branch, and is counted so callers can
+//! report it.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::candidate::Candidate;
+use crate::error::FeaturesError;
+use crate::request::{DecisionContext, RunRequest};
+use crate::telemetry::{TelemetryRecord, from_micros};
+
+/// Version of the feature definitions below; bump it whenever [`FEATURES`] or
+/// [`FeatureInput`] semantics change.
+pub const FEATURE_VERSION: u32 = 1;
+
+/// Whether a feature is a number or a level from a vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    Numeric,
+    Categorical,
+}
+
+/// Name and kind of every column of an encoded row, in order.
+pub const FEATURES: [(&str, FeatureKind); 22] = [
+    ("language", FeatureKind::Categorical),
+    ("provider", FeatureKind::Categorical),
+    ("provider_kind", FeatureKind::Categorical),
+    ("backend", FeatureKind::Categorical),
+    ("region", FeatureKind::Categorical),
+    ("area", FeatureKind::Categorical),
+    ("isolation_level", FeatureKind::Numeric),
+    ("vcpu", FeatureKind::Numeric),
+    ("memory_gib", FeatureKind::Numeric),
+    ("gpu_count", FeatureKind::Numeric),
+    ("timeout_s", FeatureKind::Numeric),
+    ("payload_bytes", FeatureKind::Numeric),
+    ("file_count", FeatureKind::Numeric),
+    ("allow_network", FeatureKind::Numeric),
+    ("rtt_ms", FeatureKind::Numeric),
+    ("price_vcpu_s", FeatureKind::Numeric),
+    ("price_gib_s", FeatureKind::Numeric),
+    ("price_start", FeatureKind::Numeric),
+    ("price_gpu_s", FeatureKind::Numeric),
+    ("burn_rate_usd_s", FeatureKind::Numeric),
+    ("hour_of_day", FeatureKind::Numeric),
+    ("day_of_week", FeatureKind::Numeric),
+];
+
+/// Number of columns of an encoded row.
+pub const N_FEATURES: usize = FEATURES.len();
+
+/// Indices of the categorical columns, in order.
+pub fn categorical_indices() -> Vec<usize> {
+    FEATURES
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, k))| *k == FeatureKind::Categorical)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The raw, un-encoded inputs of one (request, candidate, context) triple.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureInput<'a> {
+    pub language: &'a str,
+    pub provider: &'a str,
+    pub provider_kind: &'a str,
+    pub backend: &'a str,
+    pub region: &'a str,
+    pub area: &'a str,
+    pub isolation_level: u8,
+    pub vcpu: f64,
+    pub memory_mib: f64,
+    pub gpu_count: u32,
+    pub timeout_s: f64,
+    pub payload_bytes: u64,
+    pub file_count: u32,
+    pub allow_network: bool,
+    pub rtt_ms: f64,
+    pub price_vcpu_s: f64,
+    pub price_gib_s: f64,
+    pub price_start: f64,
+    pub price_gpu_s: f64,
+    pub at: OffsetDateTime,
+}
+
+impl<'a> FeatureInput<'a> {
+    /// Serving path: from the request, one candidate and the decision context.
+    pub fn from_parts(
+        request: &'a RunRequest,
+        candidate: &'a Candidate,
+        ctx: &DecisionContext,
+    ) -> Self {
+        Self {
+            language: request.language.as_str(),
+            provider: &candidate.provider,
+            provider_kind: candidate.provider_kind.as_str(),
+            backend: candidate.backend.as_str(),
+            region: &candidate.region,
+            area: &candidate.area,
+            isolation_level: candidate.isolation_level().strength(),
+            vcpu: request.resources.cpu,
+            memory_mib: request.resources.memory_mib as f64,
+            gpu_count: request.resources.gpu_count(),
+            timeout_s: request.timeout_s,
+            payload_bytes: request.payload_bytes(),
+            file_count: request.files.len() as u32,
+            allow_network: request.allow_network,
+            rtt_ms: candidate.rtt_ms,
+            price_vcpu_s: candidate.prices.vcpu_second,
+            price_gib_s: candidate.prices.gib_second,
+            price_start: candidate.prices.start,
+            price_gpu_s: candidate.gpu_price_for(&request.resources).unwrap_or(0.0),
+            at: ctx.now,
+        }
+    }
+
+    /// Training path: from a telemetry row (as read from an Arrow batch).
+    pub fn from_record(r: &'a TelemetryRecord) -> Self {
+        Self {
+            language: &r.language,
+            provider: &r.provider,
+            provider_kind: &r.provider_kind,
+            backend: &r.backend,
+            region: &r.region,
+            area: &r.area,
+            isolation_level: r.isolation_level,
+            vcpu: r.vcpu,
+            memory_mib: r.memory_mib,
+            gpu_count: r.gpu_count,
+            timeout_s: r.timeout_s,
+            payload_bytes: r.payload_bytes,
+            file_count: r.file_count,
+            allow_network: r.allow_network,
+            rtt_ms: r.rtt_ms,
+            price_vcpu_s: r.price_vcpu_s,
+            price_gib_s: r.price_gib_s,
+            price_start: r.price_start,
+            price_gpu_s: r.price_gpu_s,
+            at: from_micros(r.ts_request_us),
+        }
+    }
+
+    fn categorical(&self, feature: usize) -> &'a str {
+        match feature {
+            0 => self.language,
+            1 => self.provider,
+            2 => self.provider_kind,
+            3 => self.backend,
+            4 => self.region,
+            _ => self.area,
+        }
+    }
+}
+
+/// The vocabulary of every categorical feature, recorded with a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSpace {
+    pub feature_version: u32,
+    /// `(name, kind)` of every column, as at training time.
+    pub features: Vec<(String, FeatureKind)>,
+    /// For each categorical feature (in column order): its levels; a level's index is its code.
+    pub levels: Vec<Vec<String>>,
+}
+
+/// Result of encoding one row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeStats {
+    /// Categorical values the model has never seen (encoded as missing).
+    pub unseen_levels: u32,
+}
+
+impl FeatureSpace {
+    /// Builds the vocabulary from training inputs (levels sorted, so the space is deterministic).
+    pub fn fit<'a>(inputs: impl IntoIterator<Item = FeatureInput<'a>>) -> Self {
+        let cats = categorical_indices();
+        let mut sets = vec![BTreeSet::<String>::new(); cats.len()];
+        for input in inputs {
+            for (slot, &feature) in cats.iter().enumerate() {
+                let value = input.categorical(feature);
+                if !sets[slot].contains(value) {
+                    sets[slot].insert(value.to_owned());
+                }
+            }
+        }
+        Self {
+            feature_version: FEATURE_VERSION,
+            features: FEATURES
+                .iter()
+                .map(|(n, k)| ((*n).to_owned(), *k))
+                .collect(),
+            levels: sets.into_iter().map(|s| s.into_iter().collect()).collect(),
+        }
+    }
+
+    /// Checks that a stored space matches this build's feature definitions.
+    pub fn check_compatible(&self) -> Result<(), FeaturesError> {
+        let ours: Vec<(String, FeatureKind)> = FEATURES
+            .iter()
+            .map(|(n, k)| ((*n).to_owned(), *k))
+            .collect();
+        if self.feature_version != FEATURE_VERSION || self.features != ours {
+            return Err(FeaturesError::FeatureSchema(format!(
+                "model uses feature version {} with {} columns, this build encodes version {FEATURE_VERSION} with {N_FEATURES}; retrain the model",
+                self.feature_version,
+                self.features.len()
+            )));
+        }
+        if self.levels.len() != categorical_indices().len() {
+            return Err(FeaturesError::FeatureSchema(
+                "wrong number of categorical vocabularies".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the canonical JSON of this space: names, kinds and every level.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+
+    /// Encodes one input into `row` (length [`N_FEATURES`]).
+    pub fn encode(&self, input: &FeatureInput<'_>, row: &mut [f64]) -> EncodeStats {
+        debug_assert_eq!(row.len(), N_FEATURES);
+        let mut stats = EncodeStats::default();
+        for (slot, feature) in (0..6).enumerate() {
+            let value = input.categorical(feature);
+            row[feature] =
+                match self.levels[slot].binary_search_by(|level| level.as_str().cmp(value)) {
+                    Ok(code) => code as f64,
+                    Err(_) => {
+                        stats.unseen_levels += 1;
+                        f64::NAN
+                    }
+                };
+        }
+        let memory_gib = input.memory_mib / 1024.0;
+        row[6] = f64::from(input.isolation_level);
+        row[7] = input.vcpu;
+        row[8] = memory_gib;
+        row[9] = f64::from(input.gpu_count);
+        row[10] = input.timeout_s;
+        row[11] = input.payload_bytes as f64;
+        row[12] = f64::from(input.file_count);
+        row[13] = if input.allow_network { 1.0 } else { 0.0 };
+        row[14] = input.rtt_ms;
+        row[15] = input.price_vcpu_s;
+        row[16] = input.price_gib_s;
+        row[17] = input.price_start;
+        row[18] = input.price_gpu_s;
+        row[19] = input.vcpu * input.price_vcpu_s
+            + memory_gib * input.price_gib_s
+            + f64::from(input.gpu_count) * input.price_gpu_s;
+        row[20] = f64::from(input.at.hour());
+        row[21] = f64::from(input.at.weekday().number_days_from_monday());
+        stats
+    }
+
+    /// Encodes many inputs into a row-major matrix, reusing `out`'s allocation.
+    pub fn encode_all<'a>(
+        &self,
+        inputs: impl IntoIterator<Item = FeatureInput<'a>>,
+        out: &mut Vec<f64>,
+    ) -> EncodeStats {
+        out.clear();
+        let mut total = EncodeStats::default();
+        for input in inputs {
+            let start = out.len();
+            out.resize(start + N_FEATURES, 0.0);
+            total.unseen_levels += self.encode(&input, &mut out[start..]).unseen_levels;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categorical_slots_match_the_feature_table() {
+        assert_eq!(categorical_indices(), vec![0, 1, 2, 3, 4, 5]);
+    }
+}

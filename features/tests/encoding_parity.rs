@@ -1,0 +1,88 @@
+//! Training/serving parity: encoding a (request, candidate, context) from in-memory structs must
+//! give exactly the row the trainer gets after the same decision went through a telemetry Arrow
+//! batch.
+
+use proptest::prelude::*;
+use sandstorm_features::encoding::{FeatureInput, FeatureSpace, N_FEATURES};
+use sandstorm_features::telemetry::{TelemetryRecord, from_record_batch, to_record_batch};
+use sandstorm_features::{Catalog, DecisionContext, GpuRequest, InputFile, Language, RunRequest};
+use time::OffsetDateTime;
+
+fn arb_request() -> impl Strategy<Value = RunRequest> {
+    (
+        prop::sample::select(Language::ALL.to_vec()),
+        "[a-z0-9 ]{1,80}",
+        0.1f64..64.0,
+        16u64..65_536,
+        prop::option::of((
+            1u32..4,
+            prop::sample::select(vec!["t4", "a10g", "h100", "unknown-gpu"]),
+        )),
+        0.5f64..3600.0,
+        any::<bool>(),
+        prop::collection::vec(("[a-z]{1,8}", "[ -~]{0,200}"), 0..4),
+    )
+        .prop_map(
+            |(language, command, cpu, memory_mib, gpu, timeout_s, net, files)| {
+                let mut r = RunRequest::command(language, command);
+                r.resources.cpu = cpu;
+                r.resources.memory_mib = memory_mib;
+                r.resources.gpu = gpu.map(|(count, kind)| GpuRequest {
+                    count,
+                    kinds: vec![kind.to_owned()],
+                });
+                r.timeout_s = timeout_s;
+                r.allow_network = net;
+                r.files = files
+                    .into_iter()
+                    .map(|(path, content)| InputFile { path, content })
+                    .collect();
+                r
+            },
+        )
+}
+
+fn arb_time() -> impl Strategy<Value = OffsetDateTime> {
+    // 2020-01-01 .. 2035-01-01, microsecond resolution (what telemetry stores).
+    (1_577_836_800_000_000i64..2_051_222_400_000_000)
+        .prop_map(sandstorm_features::telemetry::from_micros)
+}
+
+fn rows_equal(a: &[f64], b: &[f64]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+proptest! {
+    #[test]
+    fn struct_path_and_arrow_path_encode_identically(
+        requests in prop::collection::vec((arb_request(), any::<prop::sample::Index>(), arb_time()), 1..20),
+        fit_on_half in any::<bool>(),
+    ) {
+        let catalog = Catalog::default_catalog();
+        let candidates = catalog.candidates();
+        let triples: Vec<_> = requests
+            .iter()
+            .map(|(r, idx, at)| (r, &candidates[idx.index(candidates.len())], DecisionContext::at(*at)))
+            .collect();
+        // Fit the vocabulary on part of the data so unseen levels are exercised too.
+        let fit_n = if fit_on_half { triples.len().div_ceil(2) } else { triples.len() };
+        let space = FeatureSpace::fit(triples[..fit_n].iter().map(|(r, c, ctx)| FeatureInput::from_parts(r, c, ctx)));
+
+        let records: Vec<TelemetryRecord> =
+            triples.iter().map(|(r, c, ctx)| TelemetryRecord::for_choice(r, c, ctx)).collect();
+        let batch = to_record_batch(&records).unwrap();
+        let back = from_record_batch(&batch).unwrap();
+        prop_assert_eq!(&back, &records);
+
+        for ((r, c, ctx), rec) in triples.iter().zip(&back) {
+            let mut serving = [0.0; N_FEATURES];
+            let mut training = [0.0; N_FEATURES];
+            let s1 = space.encode(&FeatureInput::from_parts(r, c, ctx), &mut serving);
+            let s2 = space.encode(&FeatureInput::from_record(rec), &mut training);
+            prop_assert!(rows_equal(&serving, &training), "serving {:?}\ntraining {:?}", serving, training);
+            prop_assert_eq!(s1, s2);
+        }
+    }
+}
