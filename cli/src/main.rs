@@ -1,1 +1,160 @@
-fn main() {}
+//! The `sandstorm` command line: generate telemetry, train models, route and run requests, and
+//! the quickstart that does the whole loop on embedded defaults.
+
+mod common;
+mod quickstart;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandstorm",
+    version,
+    about = "Decide where code should run, run it there, and learn from the result"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Rank every candidate for a request and print the decision.
+    Route(RouteArgs),
+    /// Route a request and execute it when the winner is a local backend.
+    Run(RunArgs),
+    /// Generate telemetry, train, route and run example requests, all on embedded defaults.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Train the latency, cost and failure models from telemetry Parquet.
+    Train(TrainArgs),
+    /// Synthetic and imported datasets.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+    /// Inspect or check a catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+/// Options shared by commands that route.
+#[derive(Debug, Args)]
+struct RoutingArgs {
+    /// Model directory written by `sandstorm train`.
+    #[arg(long, env = "SANDSTORM_MODELS")]
+    models: PathBuf,
+    /// Request file (.json, .yaml or .yml).
+    #[arg(long)]
+    request: PathBuf,
+    /// Catalog TOML (default: the embedded catalog).
+    #[arg(long, env = "SANDSTORM_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    routing: RoutingArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    routing: RoutingArgs,
+    /// Directory that receives the run's telemetry row (Parquet).
+    #[arg(
+        long,
+        env = "SANDSTORM_TELEMETRY",
+        default_value = "sandstorm-telemetry"
+    )]
+    telemetry_out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// Directory of telemetry Parquet files.
+    #[arg(long)]
+    telemetry: PathBuf,
+    /// Model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetsCommand {
+    /// Simulate telemetry from the documented test world (docs/simulator.md).
+    Generate {
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Catalog TOML (default: the embedded catalog).
+        #[arg(long, env = "SANDSTORM_CATALOG")]
+        catalog: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Print a catalog (the embedded default when no file is given) to start editing from.
+    Show {
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Validate a catalog and list its candidates.
+    Check {
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SANDSTORM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Route(args) => run::route(&args.routing),
+        Command::Run(args) => run::run(&args.routing, &args.telemetry_out),
+        Command::Quickstart(args) => quickstart::quickstart(&args),
+        Command::Train(args) => run::train(&args.telemetry, &args.out, args.json),
+        Command::Datasets {
+            command:
+                DatasetsCommand::Generate {
+                    rows,
+                    seed,
+                    out,
+                    catalog,
+                },
+        } => run::generate(rows, seed, &out, catalog.as_deref()),
+        Command::Catalog { command } => match command {
+            CatalogCommand::Show { catalog } => run::catalog_show(catalog.as_deref()),
+            CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! Telemetry data for Sandstorm: a seeded simulator of a TEST WORLD that writes telemetry
+//! Parquet ([`simulate`], [`generate`]), and the Parquet I/O every other crate uses to store and
+//! read telemetry ([`write_parquet`], [`read_parquet_dir`], [`append_records`]).
+//!
+//! The simulator's figures are assumptions, not measurements; `docs/simulator.md` lists them.
+
+mod error;
+mod parquet_io;
+mod simulator;
+
+pub use error::DatasetsError;
+pub use parquet_io::{append_records, read_parquet_dir, write_parquet};
+pub use simulator::{GenerateSummary, SimulatorConfig, generate, simulate};

@@ -99,12 +99,12 @@ pub fn static_violation(request: &RunRequest, candidate: &Candidate) -> Option<V
     if c.excluded_providers.contains(&candidate.provider) {
         return Some(Violation::ProviderExcluded);
     }
-    if let Some(region) = &c.region {
-        if &candidate.region != region {
-            return Some(Violation::RegionMismatch {
-                wanted: region.clone(),
-            });
-        }
+    if let Some(region) = &c.region
+        && &candidate.region != region
+    {
+        return Some(Violation::RegionMismatch {
+            wanted: region.clone(),
+        });
     }
     if !c.allowed_regions.is_empty() && !c.allowed_regions.contains(&candidate.region) {
         return Some(Violation::RegionNotAllowed);
@@ -133,10 +133,10 @@ pub fn static_violation(request: &RunRequest, candidate: &Candidate) -> Option<V
             max_memory_mib: q.max_memory_mib,
         });
     }
-    if let Some(max_timeout_s) = q.max_timeout_s {
-        if request.timeout_s > max_timeout_s {
-            return Some(Violation::TimeoutQuota { max_timeout_s });
-        }
+    if let Some(max_timeout_s) = q.max_timeout_s
+        && request.timeout_s > max_timeout_s
+    {
+        return Some(Violation::TimeoutQuota { max_timeout_s });
     }
     if !request.allow_network && !candidate.backend.can_block_network() {
         return Some(Violation::CannotBlockNetwork);

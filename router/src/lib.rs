@@ -1,1 +1,35 @@
-//! placeholder
+//! The router: turns a request into a ranked, explained decision.
+//!
+//! [`Router::decide`] enumerates every candidate of the catalog, removes those that break a hard
+//! constraint (or are not available on this host), predicts latency (p50, p95), cost and failure
+//! risk of all remaining candidates in one batch with the model set ([`ModelSet`]), removes those
+//! whose predictions break `max_latency_ms` / `max_cost_usd`, and ranks the rest under the
+//! request's strategy. Every enumerated candidate appears in the [`Decision`] with its
+//! predictions or the reason it was dropped.
+
+mod decide;
+mod models;
+
+pub use decide::{BindingConstraint, CandidateVerdict, Decision, Prediction, Router, Verdict};
+pub use models::ModelSet;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while routing.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The model directory is missing, incomplete or incompatible.
+    #[error("model directory {}: {message}", path.display())]
+    ModelDir { path: PathBuf, message: String },
+    /// Every candidate was removed; `summary` names the binding constraints.
+    #[error("no candidate meets the request: {summary}")]
+    NoFeasibleCandidate {
+        binding: Vec<BindingConstraint>,
+        summary: String,
+    },
+    /// LightGBM failed while predicting; a bug or a corrupt model, not a user error.
+    #[error("prediction failed: {0}")]
+    Prediction(String),
+    #[error(transparent)]
+    Features(#[from] sandstorm_features::FeaturesError),
+}

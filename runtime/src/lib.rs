@@ -1,1 +1,136 @@
-//! placeholder
+//! Local execution backends: run a [`JobSpec`] on this host and report a [`RunResult`].
+//!
+//! # Tiers
+//!
+//! | backend      | isolation level | what separates the job from the host                  |
+//! |--------------|-----------------|--------------------------------------------------------|
+//! | `process`    | process         | rlimits, own session/process group, clean environment  |
+//! | `bubblewrap` | namespace       | all of the above inside `bwrap` namespaces              |
+//!
+//! Both run the job in a fresh temporary directory holding the request's files (and
+//! `main.<ext>` for inline code, run with the language's interpreter; a `command` runs with
+//! `/bin/sh -c`), and share one supervisor (`supervise`), so the following holds for both:
+//!
+//! - **wall clock**: at `timeout` the supervisor SIGKILLs the whole process group; after a
+//!   normal exit it SIGKILLs the group again, so background children do not outlive the run.
+//! - **memory**: `RLIMIT_DATA` = `memory_mib` + 64 MiB of interpreter headroom (see
+//!   `limits::DATA_HEADROOM_MIB`). Allocations beyond it fail (Python raises `MemoryError`);
+//!   the run is reported `oom` from the interpreter's report or from a signal death near the
+//!   limit (see `outcome` for the exact rules). Resident memory is not limited separately and
+//!   page cache or tmpfs use is not counted.
+//! - **CPU**: `RLIMIT_CPU` = ⌈timeout × max(cpu, 1)⌉ + 1 s, counted per process over all its
+//!   threads (reported as `timeout` with error class `cpu_time_limit`). `cpu` is a budget,
+//!   not a rate: no cgroup throttles a job to fractional vCPUs.
+//! - **files**: `RLIMIT_FSIZE` 1 GiB per file, `RLIMIT_NOFILE` 256, `RLIMIT_CORE` 0. Total
+//!   disk use of the job directory is not limited.
+//! - **output**: at most `max_output_bytes` of stdout and of stderr are kept; the rest is read
+//!   and discarded and `*_truncated` is set.
+//! - **environment**: cleared to `PATH`, `HOME` (the job directory) and `LANG`.
+//!
+//! `bubblewrap` adds: new user, pid, ipc, uts, cgroup, mount and (unless `allow_network`)
+//! network namespaces; all capabilities dropped (so the rlimits cannot be raised back);
+//! read-only `/usr` and merged-usr links; only `ld.so.cache`, `alternatives` and `localtime`
+//! from `/etc` (plus DNS files and public CA certificates when the network is allowed; never
+//! `shadow`, `passwd`, `ssl/private`, `/root` or `/home`); private `/dev` and `/proc`; `/tmp`
+//! a tmpfs capped at `memory_mib`; the job directory read-write at `/work`; the rest of the
+//! root read-only. The pid namespace and `--die-with-parent` kill even processes that left the
+//! process group. The job runs as the namespace's pid 1 (`--as-pid-1`) so its peak memory and
+//! CPU time reach the supervisor. As pid 1 that first process ignores signals without a
+//! handler other than kernel faults and SIGKILL: its own `kill` of itself does nothing, and
+//! SIGXCPU/SIGXFSZ do not end it (the CPU limit then kills it with SIGKILL at the hard
+//! limit; oversized writes fail with `EFBIG`). Its children behave normally.
+//!
+//! Not enforced by either: network for `process` (the router knows, see
+//! `IsolationBackend::can_block_network`); the number of processes (`RLIMIT_NPROC` counts
+//! per user across the host, and root ignores it); processes of a `process` job that call
+//! `setsid` themselves escape the group kill; a `process` job running as root keeps its
+//! capabilities and can raise its own rlimits.
+
+mod bubblewrap;
+mod engine;
+mod error;
+mod job;
+mod limits;
+mod outcome;
+mod process;
+mod supervise;
+mod sys;
+
+use std::fmt;
+
+pub use engine::Engine;
+pub use error::RuntimeError;
+pub use job::JobSpec;
+use sandstorm_features::IsolationBackend;
+pub use sandstorm_features::telemetry::RunStatus;
+
+/// Whether a backend works on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It ran its probe job; `detail` says what was checked.
+    Available { detail: String },
+    /// It cannot run jobs here; `reason` says why.
+    Unavailable { reason: String },
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available { .. })
+    }
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Availability::Available { detail } => write!(f, "available: {detail}"),
+            Availability::Unavailable { reason } => write!(f, "unavailable: {reason}"),
+        }
+    }
+}
+
+/// What happened to one run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunResult {
+    pub status: RunStatus,
+    /// Exit code, when the program exited (under `bubblewrap`, a program killed by signal N
+    /// shows as exit code 128 + N).
+    pub exit_code: Option<i32>,
+    /// Signal that killed the program, when it did not exit.
+    pub signal: Option<i32>,
+    /// Captured stdout (lossy UTF-8), at most `max_output_bytes`.
+    pub stdout: String,
+    /// Captured stderr (lossy UTF-8), at most `max_output_bytes`.
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Wall-clock time when `run` was entered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: time::OffsetDateTime,
+    /// From `run` entry until the child was spawned (job directory set-up and spawn).
+    pub start_ms: f64,
+    /// Wall time of the child, from spawn until it exited or was killed.
+    pub exec_ms: f64,
+    /// From `run` entry until it returned (including clean-up).
+    pub total_ms: f64,
+    /// Peak resident memory of the largest single process among the child and the
+    /// descendants it waited for (`ru_maxrss`), in MiB.
+    pub peak_memory_mib: Option<f64>,
+    /// Why the run did not succeed, e.g. `exit_code`, `wall_clock_timeout`, `memory_limit`,
+    /// `signal:SIGSEGV`; `None` for `ok`.
+    pub error_class: Option<String>,
+    /// The limits and isolation applied to this run, e.g. `rlimit_data_mib=576`,
+    /// `network=blocked`.
+    pub enforced_limits: Vec<String>,
+}
+
+/// One way of running jobs on this host.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> IsolationBackend;
+    /// Runs a small real job to find out whether the backend works here. Bounded in time.
+    fn probe(&self) -> Availability;
+    /// Runs `job` to completion (or to its limits). `Err` means the job could not be run at
+    /// all (invalid job, missing interpreter, spawn failure); everything that happened once
+    /// it ran is in the [`RunResult`].
+    fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError>;
+}

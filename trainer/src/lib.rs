@@ -1,1 +1,405 @@
-//! placeholder
+//! Offline training of Sandstorm's models from telemetry.
+//!
+//! [`train`] reads telemetry Parquet (DataFusion), encodes it with the shared feature encoding
+//! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
+//! holdout for metrics), trains one LightGBM model per [`ModelRole`] and writes a model
+//! directory in the layout of `sandstorm_features::model`. Serving crates never depend on this
+//! crate.
+
+mod data;
+mod lgbm;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lightgbm3::Booster;
+use sandstorm_features::encoding::{FeatureInput, FeatureSpace, N_FEATURES, categorical_indices};
+use sandstorm_features::model::{
+    FEATURE_SCHEMA_FILE, METADATA_FILE, ModelEntry, ModelMetadata, ModelRole, StoredFeatureSchema,
+    TimeWindow,
+};
+use sandstorm_features::telemetry::{RunStatus, TelemetryRecord, from_micros};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Everything that can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// The telemetry given cannot be trained on (missing, empty, wrong schema, too small).
+    #[error("{0}")]
+    Input(String),
+    /// A configuration value is out of range.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// Writing the model directory failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// LightGBM rejected the data or parameters.
+    #[error("lightgbm: {0}")]
+    LightGbm(String),
+    #[error("reading telemetry: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Features(#[from] sandstorm_features::FeaturesError),
+    /// A bug in Sandstorm.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<lightgbm3::Error> for TrainerError {
+    fn from(e: lightgbm3::Error) -> Self {
+        TrainerError::LightGbm(e.to_string())
+    }
+}
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Share of the most recent rows held out for metrics.
+    pub holdout_fraction: f64,
+    /// Share of rows (just before the holdout) used for early stopping.
+    pub valid_fraction: f64,
+    /// Maximum boosting rounds.
+    pub num_iterations: usize,
+    /// Stop when the validation metric has not improved for this many rounds.
+    pub early_stopping_rounds: usize,
+    pub seed: u64,
+    /// Smallest number of executed rows accepted.
+    pub min_rows: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            holdout_fraction: 0.2,
+            valid_fraction: 0.1,
+            num_iterations: 400,
+            early_stopping_rounds: 30,
+            seed: 42,
+            min_rows: 200,
+        }
+    }
+}
+
+/// What [`train`] produced.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub out_dir: PathBuf,
+    pub metadata: ModelMetadata,
+}
+
+/// Reads the telemetry under `telemetry_dir` and writes a model directory to `out_dir`.
+pub fn train(
+    telemetry_dir: &Path,
+    out_dir: &Path,
+    cfg: &TrainConfig,
+) -> Result<TrainReport, TrainerError> {
+    let records = data::load_telemetry(telemetry_dir)?;
+    train_records(&records, out_dir, cfg)
+}
+
+/// Trains on rows already in memory (sorted by request time or not).
+pub fn train_records(
+    records: &[TelemetryRecord],
+    out_dir: &Path,
+    cfg: &TrainConfig,
+) -> Result<TrainReport, TrainerError> {
+    if !(0.0..0.5).contains(&cfg.holdout_fraction) || !(0.0..0.5).contains(&cfg.valid_fraction) {
+        return Err(TrainerError::Config(
+            "holdout and validation fractions must be in [0, 0.5)".to_owned(),
+        ));
+    }
+    let mut rows: Vec<&TelemetryRecord> = records
+        .iter()
+        .filter(|r| r.status != RunStatus::NotExecuted)
+        .collect();
+    rows.sort_by_key(|r| (r.ts_request_us, r.attempt));
+    if rows.len() < cfg.min_rows {
+        return Err(TrainerError::Input(format!(
+            "need at least {} executed telemetry rows to train, found {} (of {} rows)",
+            cfg.min_rows,
+            rows.len(),
+            records.len()
+        )));
+    }
+    let n = rows.len();
+    let n_hold = ((n as f64) * cfg.holdout_fraction).ceil() as usize;
+    let n_valid = ((n as f64) * cfg.valid_fraction).ceil() as usize;
+    let n_train = n - n_hold - n_valid;
+    let (train_rows, rest) = rows.split_at(n_train);
+    let (valid_rows, hold_rows) = rest.split_at(n_valid);
+
+    let space = FeatureSpace::fit(train_rows.iter().map(|r| FeatureInput::from_record(r)));
+    let encode = |set: &[&TelemetryRecord]| {
+        let mut m = Vec::with_capacity(set.len() * N_FEATURES);
+        space.encode_all(set.iter().map(|r| FeatureInput::from_record(r)), &mut m);
+        m
+    };
+    let (x_train, x_valid, x_hold) = (encode(train_rows), encode(valid_rows), encode(hold_rows));
+
+    std::fs::create_dir_all(out_dir).map_err(|source| TrainerError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let mut models = BTreeMap::new();
+    let mut hasher = Sha256::new();
+    for role in ModelRole::ALL {
+        let split = |set: &[&TelemetryRecord], x: &[f64]| select(role, set, x);
+        let (tx, ty) = split(train_rows, &x_train);
+        let (vx, vy) = split(valid_rows, &x_valid);
+        let (hx, hy) = split(hold_rows, &x_hold);
+        if ty.len() < 20 || vy.is_empty() || hy.is_empty() {
+            return Err(TrainerError::Input(format!(
+                "too few rows with a usable {} label (train {}, validation {}, holdout {})",
+                role.as_str(),
+                ty.len(),
+                vy.len(),
+                hy.len()
+            )));
+        }
+        let params = params_for(role, cfg);
+        let train_set = lgbm::Dataset::new(&tx, N_FEATURES, &to_f32(&ty), None, &params, None)?;
+        let valid_set = lgbm::Dataset::new(
+            &vx,
+            N_FEATURES,
+            &to_f32(&vy),
+            None,
+            &params,
+            Some(&train_set),
+        )?;
+        let trained = lgbm::train(
+            &train_set,
+            &valid_set,
+            &params,
+            cfg.num_iterations,
+            cfg.early_stopping_rounds,
+            false,
+        )?;
+        let booster = Booster::from_string(&trained.model_text)?;
+        let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
+        let pred: Vec<f64> = raw
+            .iter()
+            .map(|v| role.target_transform().apply(*v))
+            .collect();
+        let actual: Vec<f64> = hy
+            .iter()
+            .map(|v| role.target_transform().apply(*v))
+            .collect();
+        let mut metrics = holdout_metrics(role, &pred, &actual);
+        metrics.insert(
+            "best_valid_metric".to_owned(),
+            trained
+                .valid_curve
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min),
+        );
+
+        let file = role.file_name();
+        write_file(&out_dir.join(&file), trained.model_text.as_bytes())?;
+        hasher.update(trained.model_text.as_bytes());
+        models.insert(
+            role,
+            ModelEntry {
+                file,
+                target: target_name(role).to_owned(),
+                target_transform: role.target_transform(),
+                params,
+                num_trees: trained.num_trees,
+                metrics,
+            },
+        );
+    }
+
+    let schema = StoredFeatureSchema {
+        hash: space.hash(),
+        space,
+    };
+    let created = OffsetDateTime::now_utc();
+    let metadata = ModelMetadata {
+        version: format!(
+            "m{}-{}",
+            created.unix_timestamp(),
+            &hex::encode(hasher.finalize())[..8]
+        ),
+        created_at: rfc3339(created),
+        feature_version: schema.space.feature_version,
+        feature_schema_hash: schema.hash.clone(),
+        training_window: window(train_rows),
+        validation_window: window(valid_rows),
+        holdout_window: window(hold_rows),
+        models,
+    };
+    write_json(&out_dir.join(FEATURE_SCHEMA_FILE), &schema)?;
+    write_json(&out_dir.join(METADATA_FILE), &metadata)?;
+    tracing::info!(version = %metadata.version, dir = %out_dir.display(), "trained model set");
+    Ok(TrainReport {
+        out_dir: out_dir.to_path_buf(),
+        metadata,
+    })
+}
+
+/// Rows usable for `role` and their labels (in the model's training space).
+fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for (i, r) in set.iter().enumerate() {
+        // Latency and cost are only observed in full when the program ran to its end.
+        let completed = matches!(r.status, RunStatus::Ok | RunStatus::Failed);
+        let label = match role {
+            ModelRole::LatencyP50 | ModelRole::LatencyP95 if completed => {
+                Some(r.total_latency_ms.max(1e-3).ln())
+            }
+            ModelRole::Cost if completed => Some(r.cost_usd.max(1e-12).ln()),
+            ModelRole::Failure => Some(if r.status.is_infrastructure_failure() {
+                1.0
+            } else {
+                0.0
+            }),
+            _ => None,
+        };
+        if let Some(y) = label {
+            xs.extend_from_slice(&x[i * N_FEATURES..(i + 1) * N_FEATURES]);
+            ys.push(y);
+        }
+    }
+    (xs, ys)
+}
+
+fn target_name(role: ModelRole) -> &'static str {
+    match role {
+        ModelRole::LatencyP50 | ModelRole::LatencyP95 => "ln(total_latency_ms)",
+        ModelRole::Cost => "ln(cost_usd)",
+        ModelRole::Failure => "status in (timeout, oom, quota, unavailable)",
+    }
+}
+
+/// LightGBM parameters of each model, by their LightGBM names.
+fn params_for(role: ModelRole, cfg: &TrainConfig) -> Map<String, Value> {
+    let cats = categorical_indices()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut p = json!({
+        "boosting": "gbdt",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 20,
+        "feature_fraction": 0.9,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "max_bin": 255,
+        "categorical_feature": cats,
+        "num_iterations": cfg.num_iterations,
+        "early_stopping_round": cfg.early_stopping_rounds,
+        "seed": cfg.seed,
+        "deterministic": true,
+        "force_row_wise": true,
+        "num_threads": 2,
+        "verbosity": -1,
+    });
+    let specific = match role {
+        ModelRole::LatencyP50 | ModelRole::Cost => {
+            json!({"objective": "regression", "metric": "l2"})
+        }
+        ModelRole::LatencyP95 => {
+            json!({"objective": "quantile", "alpha": 0.95, "metric": "quantile"})
+        }
+        ModelRole::Failure => json!({"objective": "binary", "metric": "binary_logloss"}),
+    };
+    if let (Value::Object(p), Value::Object(s)) = (&mut p, specific) {
+        p.extend(s);
+    }
+    match p {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn holdout_metrics(role: ModelRole, pred: &[f64], actual: &[f64]) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    m.insert("holdout_rows".to_owned(), pred.len() as f64);
+    match role {
+        ModelRole::LatencyP50 => {
+            m.insert("mae_ms".to_owned(), metrics::mae(pred, actual));
+            m.insert(
+                "median_ape_pct".to_owned(),
+                metrics::ape_quantile(pred, actual, 0.5),
+            );
+            m.insert(
+                "p90_ape_pct".to_owned(),
+                metrics::ape_quantile(pred, actual, 0.9),
+            );
+        }
+        ModelRole::LatencyP95 => {
+            m.insert(
+                "pinball_loss_ms".to_owned(),
+                metrics::pinball(pred, actual, 0.95),
+            );
+            m.insert("coverage".to_owned(), metrics::coverage(pred, actual));
+        }
+        ModelRole::Cost => {
+            m.insert("mae_usd".to_owned(), metrics::mae(pred, actual));
+            m.insert(
+                "median_ape_pct".to_owned(),
+                metrics::ape_quantile(pred, actual, 0.5),
+            );
+            m.insert(
+                "p90_ape_pct".to_owned(),
+                metrics::ape_quantile(pred, actual, 0.9),
+            );
+        }
+        ModelRole::Failure => {
+            let labels: Vec<bool> = actual.iter().map(|a| *a > 0.5).collect();
+            m.insert("auc".to_owned(), metrics::auc(pred, &labels));
+            m.insert("logloss".to_owned(), metrics::logloss(pred, &labels));
+            m.insert(
+                "base_rate".to_owned(),
+                labels.iter().filter(|l| **l).count() as f64 / labels.len().max(1) as f64,
+            );
+        }
+    }
+    m
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|x| *x as f32).collect()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn window(rows: &[&TelemetryRecord]) -> TimeWindow {
+    let from = rows.first().map_or(0, |r| r.ts_request_us);
+    let to = rows.last().map_or(0, |r| r.ts_request_us);
+    TimeWindow {
+        from: rfc3339(from_micros(from)),
+        to: rfc3339(from_micros(to)),
+        rows: rows.len(),
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| TrainerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), TrainerError> {
+    let text =
+        serde_json::to_vec_pretty(value).map_err(|e| TrainerError::Internal(e.to_string()))?;
+    write_file(path, &text)
+}

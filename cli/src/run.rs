@@ -1,0 +1,258 @@
+//! The `route`, `run`, `train`, `datasets generate` and `catalog` commands.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use sandstorm_features::DecisionContext;
+use sandstorm_router::{ModelSet, Router};
+use sandstorm_runtime::Engine;
+
+use crate::RoutingArgs;
+use crate::common::{self, Execution};
+
+pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
+    let catalog = common::load_catalog(args.catalog.as_deref())?;
+    let request = common::load_request(&args.request)?;
+    let router = Router::new(&catalog, ModelSet::load(&args.models)?);
+    let engine = Engine::new();
+    let ctx = DecisionContext::now();
+    let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&decision)?);
+    } else {
+        println!("{}", common::decision_table(&decision));
+        println!("{}", decision.explanation);
+        println!(
+            "decision {} with model {}",
+            decision.decision_id, decision.model_version
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> {
+    let catalog = common::load_catalog(args.catalog.as_deref())?;
+    let request = common::load_request(&args.request)?;
+    let router = Router::new(&catalog, ModelSet::load(&args.models)?);
+    let engine = Engine::new();
+    let ctx = DecisionContext::now();
+    let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;
+    match common::execute(&engine, &request, &ctx, &decision)? {
+        Execution::NotExecutable { reason } => {
+            if args.json {
+                let out = serde_json::json!({"decision": decision, "status": "not_executed", "reason": reason});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{}", decision.explanation);
+                println!("not executed: {reason}");
+            }
+            Ok(common::exit_code_for(
+                sandstorm_features::telemetry::RunStatus::NotExecuted,
+            ))
+        }
+        Execution::Ran { result, record } => {
+            let file =
+                sandstorm_datasets::append_records(telemetry_out, std::slice::from_ref(&*record))
+                    .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?;
+            if args.json {
+                let out = serde_json::json!({"decision": decision, "result": result, "telemetry_file": file});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", result.stdout);
+                eprint!("{}", result.stderr);
+                eprintln!(
+                    "[sandstorm] {} on {}: exit {}, {} wall, peak {} MiB; telemetry {}",
+                    result.status,
+                    decision.winner,
+                    result.exit_code.map_or("-".to_owned(), |c| c.to_string()),
+                    common::ms(result.total_ms),
+                    result
+                        .peak_memory_mib
+                        .map_or("?".to_owned(), |m| format!("{m:.0}")),
+                    file.display()
+                );
+            }
+            Ok(common::exit_code_for(result.status))
+        }
+    }
+}
+
+pub(crate) fn train(telemetry: &Path, out: &Path, json: bool) -> Result<ExitCode> {
+    let spinner = spinner("training latency, cost and failure models");
+    let report =
+        sandstorm_trainer::train(telemetry, out, &sandstorm_trainer::TrainConfig::default());
+    spinner.finish_and_clear();
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.metadata)?);
+    } else {
+        print_metrics(&report.metadata);
+        println!(
+            "model {} written to {}",
+            report.metadata.version,
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn print_metrics(meta: &sandstorm_features::model::ModelMetadata) {
+    let mut t = common::table();
+    t.set_header(vec!["model", "objective", "trees", "holdout metrics"]);
+    for (role, entry) in &meta.models {
+        let objective = entry
+            .params
+            .get("objective")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let metrics = entry
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.as_str() != "best_valid_metric")
+            .map(|(k, v)| format!("{k}={}", fmt_metric(*v)))
+            .collect::<Vec<_>>()
+            .join("  ");
+        t.add_row(vec![
+            role.as_str().to_owned(),
+            objective.to_owned(),
+            entry.num_trees.to_string(),
+            metrics,
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "train {} rows ({} .. {}), validation {} rows, holdout {} rows ({} .. {})",
+        meta.training_window.rows,
+        meta.training_window.from,
+        meta.training_window.to,
+        meta.validation_window.rows,
+        meta.holdout_window.rows,
+        meta.holdout_window.from,
+        meta.holdout_window.to
+    );
+}
+
+fn fmt_metric(v: f64) -> String {
+    if v.abs() >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if v.abs() >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+pub(crate) fn generate(
+    rows: usize,
+    seed: u64,
+    out: &Path,
+    catalog: Option<&Path>,
+) -> Result<ExitCode> {
+    let catalog = common::load_catalog(catalog)?;
+    let summary = generate_with_progress(&catalog, rows, seed, out)?;
+    println!(
+        "wrote {} rows in {} file(s) to {}",
+        summary.rows,
+        summary.files.len(),
+        out.display()
+    );
+    let statuses: Vec<String> = summary
+        .status_counts
+        .iter()
+        .map(|(s, n)| format!("{s}={n}"))
+        .collect();
+    println!("outcomes: {}", statuses.join(" "));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn generate_with_progress(
+    catalog: &sandstorm_features::Catalog,
+    rows: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<sandstorm_datasets::GenerateSummary> {
+    let bar = ProgressBar::new(rows as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows ({eta})")
+            .map_err(|e| anyhow::anyhow!("progress template: {e}"))?
+            .progress_chars("=> "),
+    );
+    bar.set_message("simulating telemetry");
+    let cfg = sandstorm_datasets::SimulatorConfig {
+        rows,
+        seed,
+        ..Default::default()
+    };
+    let summary = sandstorm_datasets::generate(catalog, &cfg, out, &mut |done| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    Ok(summary?)
+}
+
+pub(crate) fn spinner(message: &str) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message(message.to_owned());
+    s.enable_steady_tick(std::time::Duration::from_millis(120));
+    s
+}
+
+pub(crate) fn catalog_show(path: Option<&Path>) -> Result<ExitCode> {
+    match path {
+        None => print!("{}", sandstorm_features::DEFAULT_CATALOG_TOML),
+        Some(p) => {
+            common::load_catalog(Some(p))?;
+            print!("{}", std::fs::read_to_string(p)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn catalog_check(path: Option<&Path>) -> Result<ExitCode> {
+    let catalog = common::load_catalog(path)?;
+    let mut t = common::table();
+    t.set_header(vec![
+        "candidate",
+        "kind",
+        "isolation",
+        "$/vCPU-s",
+        "$/GiB-s",
+        "estimate",
+        "price source",
+    ]);
+    for c in catalog.candidates() {
+        t.add_row(vec![
+            c.id.clone(),
+            c.provider_kind.as_str().to_owned(),
+            c.isolation_level().to_string(),
+            format!("{:.8}", c.prices.vcpu_second),
+            format!("{:.8}", c.prices.gib_second),
+            if c.prices.estimate {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            format!("{} ({})", c.prices.source, c.prices.as_of),
+        ]);
+    }
+    println!("{t}");
+    let disabled: Vec<&str> = catalog
+        .providers
+        .iter()
+        .filter(|p| !p.enabled)
+        .map(|p| p.name.as_str())
+        .collect();
+    println!(
+        "catalog ok: {} providers, {} candidates; disabled: {}",
+        catalog.providers.len(),
+        catalog.candidates().len(),
+        if disabled.is_empty() {
+            "none".to_owned()
+        } else {
+            disabled.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,435 @@
+//! Candidate enumeration, batched prediction, strategy objective and ranking.
+
+use std::collections::BTreeMap;
+
+use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
+use sandstorm_features::telemetry::CandidateScore;
+use sandstorm_features::{
+    Candidate, Catalog, DecisionContext, RunRequest, Strategy, static_violation,
+};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+
+use crate::RouterError;
+use crate::models::ModelSet;
+
+/// Failure probabilities are capped here so expected values stay finite.
+const MAX_FAILURE_PROB: f64 = 0.95;
+
+/// What the models predict for one candidate, plus the derived expectations the strategy uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub cost_usd: f64,
+    pub failure_prob: f64,
+    /// Cost including the expected retries after failures: cost / (1 - failure_prob).
+    pub expected_cost_usd: f64,
+    /// Median latency including expected retries: p50 / (1 - failure_prob).
+    pub expected_latency_ms: f64,
+}
+
+/// Why a candidate won, lost or was dropped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Verdict {
+    Winner,
+    /// Kept as a fallback, `behind_by_pct` worse than the winner under the strategy.
+    Fallback {
+        rank: usize,
+        behind_by_pct: f64,
+    },
+    /// Feasible but scored worse than the winner and the fallbacks.
+    Outscored {
+        rank: usize,
+        behind_by_pct: f64,
+        reason: String,
+    },
+    /// Removed before ranking by `constraint` (a request field, `availability`, ...).
+    Filtered {
+        constraint: String,
+        reason: String,
+    },
+}
+
+/// One enumerated candidate in a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CandidateVerdict {
+    pub candidate: Candidate,
+    pub prediction: Option<Prediction>,
+    /// Objective value under the strategy; lower is better.
+    pub score: Option<f64>,
+    pub verdict: Verdict,
+}
+
+/// How many candidates one constraint removed, for "no feasible candidate" errors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BindingConstraint {
+    pub constraint: String,
+    pub removed: usize,
+    /// e.g. the best predicted p95 among candidates removed by `max_latency_ms`.
+    pub detail: Option<String>,
+}
+
+/// A ranked, explained decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub decision_id: String,
+    pub decided_at: String,
+    pub strategy: Strategy,
+    pub model_version: String,
+    /// Id of the chosen candidate.
+    pub winner: String,
+    /// Ids of the next best candidates, in order.
+    pub fallbacks: Vec<String>,
+    /// One paragraph a person can read.
+    pub explanation: String,
+    /// Categorical values the models never saw (encoded as missing).
+    pub unseen_levels: u32,
+    pub n_candidates: usize,
+    pub n_feasible: usize,
+    /// Every enumerated candidate: ranked feasible ones first, then the filtered ones.
+    pub candidates: Vec<CandidateVerdict>,
+}
+
+impl Decision {
+    /// The winning candidate's entry.
+    pub fn winner(&self) -> &CandidateVerdict {
+        // Invariant: a Decision is only built with a winner at index 0.
+        &self.candidates[0]
+    }
+
+    /// The entry of candidate `id`.
+    pub fn candidate(&self, id: &str) -> Option<&CandidateVerdict> {
+        self.candidates.iter().find(|c| c.candidate.id == id)
+    }
+
+    /// Every candidate's scores, in the form telemetry stores them.
+    pub fn telemetry_scores(&self) -> Vec<CandidateScore> {
+        self.candidates
+            .iter()
+            .map(|c| CandidateScore {
+                candidate_id: c.candidate.id.clone(),
+                feasible: !matches!(c.verdict, Verdict::Filtered { .. }),
+                pred_latency_p50_ms: c.prediction.as_ref().map(|p| p.latency_p50_ms),
+                pred_latency_p95_ms: c.prediction.as_ref().map(|p| p.latency_p95_ms),
+                pred_cost_usd: c.prediction.as_ref().map(|p| p.cost_usd),
+                pred_failure_prob: c.prediction.as_ref().map(|p| p.failure_prob),
+                score: c.score,
+            })
+            .collect()
+    }
+}
+
+/// Routes requests over a catalog with a model set.
+#[derive(Debug)]
+pub struct Router {
+    candidates: Vec<Candidate>,
+    models: ModelSet,
+    max_fallbacks: usize,
+}
+
+impl Router {
+    pub fn new(catalog: &Catalog, models: ModelSet) -> Self {
+        Self {
+            candidates: catalog.candidates(),
+            models,
+            max_fallbacks: 3,
+        }
+    }
+
+    pub fn models(&self) -> &ModelSet {
+        &self.models
+    }
+
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
+    }
+
+    /// Decides where `request` runs. `unavailable` names why a candidate cannot run right now
+    /// (e.g. a local backend this host lacks), or `None` when it can.
+    pub fn decide(
+        &self,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        unavailable: &dyn Fn(&Candidate) -> Option<String>,
+    ) -> Result<Decision, RouterError> {
+        request.validate()?;
+        let mut filtered: Vec<CandidateVerdict> = Vec::new();
+        let mut live: Vec<&Candidate> = Vec::new();
+        for c in &self.candidates {
+            let drop = static_violation(request, c)
+                .map(|v| (v.constraint().to_owned(), v.to_string()))
+                .or_else(|| unavailable(c).map(|why| ("availability".to_owned(), why)));
+            match drop {
+                Some((constraint, reason)) => filtered.push(CandidateVerdict {
+                    candidate: c.clone(),
+                    prediction: None,
+                    score: None,
+                    verdict: Verdict::Filtered { constraint, reason },
+                }),
+                None => live.push(c),
+            }
+        }
+
+        let mut rows = Vec::with_capacity(live.len() * N_FEATURES);
+        let stats = self.models.space().encode_all(
+            live.iter()
+                .map(|c| FeatureInput::from_parts(request, c, ctx)),
+            &mut rows,
+        );
+        let batch = self.models.predict(&rows)?;
+
+        let c = &request.constraints;
+        let mut scored: Vec<(&Candidate, Prediction)> = Vec::new();
+        for (i, cand) in live.iter().enumerate() {
+            let p50 = batch.latency_p50_ms[i];
+            // Independent quantile models can cross; p95 is never below p50.
+            let p95 = batch.latency_p95_ms[i].max(p50);
+            let fail = batch.failure_prob[i].clamp(0.0, MAX_FAILURE_PROB);
+            let cost = batch.cost_usd[i];
+            let prediction = Prediction {
+                latency_p50_ms: p50,
+                latency_p95_ms: p95,
+                cost_usd: cost,
+                failure_prob: fail,
+                expected_cost_usd: cost / (1.0 - fail),
+                expected_latency_ms: p50 / (1.0 - fail),
+            };
+            let breach = match (c.max_latency_ms, c.max_cost_usd) {
+                (Some(max), _) if p95 > max => Some((
+                    "constraints.max_latency_ms",
+                    format!("predicted p95 latency {p95:.0} ms > {max} ms"),
+                )),
+                (_, Some(max)) if cost > max => Some((
+                    "constraints.max_cost_usd",
+                    format!("predicted cost ${cost:.8} > ${max}"),
+                )),
+                _ => None,
+            };
+            match breach {
+                Some((constraint, reason)) => filtered.push(CandidateVerdict {
+                    candidate: (*cand).clone(),
+                    prediction: Some(prediction),
+                    score: None,
+                    verdict: Verdict::Filtered {
+                        constraint: constraint.to_owned(),
+                        reason,
+                    },
+                }),
+                None => scored.push((cand, prediction)),
+            }
+        }
+
+        if scored.is_empty() {
+            let binding = binding_constraints(&filtered);
+            let summary = binding
+                .iter()
+                .map(|b| match &b.detail {
+                    Some(d) => format!("{} removed {} ({d})", b.constraint, b.removed),
+                    None => format!("{} removed {}", b.constraint, b.removed),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(RouterError::NoFeasibleCandidate {
+                summary: format!(
+                    "all {} candidates were removed: {summary}",
+                    self.candidates.len()
+                ),
+                binding,
+            });
+        }
+
+        let strategy = request.strategy();
+        let scores = objective(strategy, &scored);
+        let mut order: Vec<usize> = (0..scored.len()).collect();
+        order.sort_by(|&a, &b| {
+            scores[a]
+                .total_cmp(&scores[b])
+                .then(
+                    scored[a]
+                        .1
+                        .expected_latency_ms
+                        .total_cmp(&scored[b].1.expected_latency_ms),
+                )
+                .then(scored[a].0.id.cmp(&scored[b].0.id))
+        });
+        let best = scores[order[0]];
+        let winner = &scored[order[0]];
+        let mut candidates = Vec::with_capacity(self.candidates.len());
+        for (rank, &i) in order.iter().enumerate() {
+            let behind_by_pct = if best > 0.0 {
+                100.0 * (scores[i] - best) / best
+            } else {
+                0.0
+            };
+            let verdict = match rank {
+                0 => Verdict::Winner,
+                r if r <= self.max_fallbacks => Verdict::Fallback {
+                    rank: r,
+                    behind_by_pct,
+                },
+                r => Verdict::Outscored {
+                    rank: r,
+                    behind_by_pct,
+                    reason: lost_by(strategy, &scored[i].1, &winner.1, behind_by_pct),
+                },
+            };
+            candidates.push(CandidateVerdict {
+                candidate: scored[i].0.clone(),
+                prediction: Some(scored[i].1.clone()),
+                score: Some(scores[i]),
+                verdict,
+            });
+        }
+        let n_feasible = candidates.len();
+        candidates.extend(filtered);
+
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let explanation = explain(strategy, &candidates, n_feasible);
+        tracing::debug!(%decision_id, winner = %winner.0.id, n_feasible, "decided");
+        Ok(Decision {
+            decision_id,
+            decided_at: ctx.now.format(&Rfc3339).unwrap_or_default(),
+            strategy,
+            model_version: self.models.version().to_owned(),
+            winner: winner.0.id.clone(),
+            fallbacks: candidates[1..n_feasible.min(self.max_fallbacks + 1)]
+                .iter()
+                .map(|c| c.candidate.id.clone())
+                .collect(),
+            explanation,
+            unseen_levels: stats.unseen_levels,
+            n_candidates: self.candidates.len(),
+            n_feasible,
+            candidates,
+        })
+    }
+}
+
+/// Objective values (lower is better) of feasible candidates under `strategy`.
+fn objective(strategy: Strategy, scored: &[(&Candidate, Prediction)]) -> Vec<f64> {
+    match strategy {
+        Strategy::OptimizeCost => scored.iter().map(|(_, p)| p.expected_cost_usd).collect(),
+        Strategy::OptimizeLatency => scored.iter().map(|(_, p)| p.expected_latency_ms).collect(),
+        Strategy::Balanced { cost_weight } => {
+            // Each term is a ratio to the best feasible value, so 1.0 means "as good as the best".
+            let min_cost = scored
+                .iter()
+                .map(|(_, p)| p.expected_cost_usd)
+                .fold(f64::INFINITY, f64::min)
+                .max(f64::MIN_POSITIVE);
+            let min_lat = scored
+                .iter()
+                .map(|(_, p)| p.expected_latency_ms)
+                .fold(f64::INFINITY, f64::min)
+                .max(f64::MIN_POSITIVE);
+            scored
+                .iter()
+                .map(|(_, p)| {
+                    cost_weight * p.expected_cost_usd / min_cost
+                        + (1.0 - cost_weight) * p.expected_latency_ms / min_lat
+                })
+                .collect()
+        }
+    }
+}
+
+fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64) -> String {
+    match strategy {
+        Strategy::OptimizeCost => {
+            format!(
+                "expected cost ${:.8} is {pct:.0}% above the winner's ${:.8}",
+                p.expected_cost_usd, w.expected_cost_usd
+            )
+        }
+        Strategy::OptimizeLatency => {
+            format!(
+                "expected latency {:.0} ms is {pct:.0}% above the winner's {:.0} ms",
+                p.expected_latency_ms, w.expected_latency_ms
+            )
+        }
+        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the winner's"),
+    }
+}
+
+fn binding_constraints(filtered: &[CandidateVerdict]) -> Vec<BindingConstraint> {
+    let mut by: BTreeMap<String, (usize, Option<f64>)> = BTreeMap::new();
+    for f in filtered {
+        if let Verdict::Filtered { constraint, .. } = &f.verdict {
+            let entry = by.entry(constraint.clone()).or_insert((0, None));
+            entry.0 += 1;
+            let value = f
+                .prediction
+                .as_ref()
+                .and_then(|p| match constraint.as_str() {
+                    "constraints.max_latency_ms" => Some(p.latency_p95_ms),
+                    "constraints.max_cost_usd" => Some(p.cost_usd),
+                    _ => None,
+                });
+            if let Some(v) = value {
+                entry.1 = Some(entry.1.map_or(v, |b: f64| b.min(v)));
+            }
+        }
+    }
+    let mut out: Vec<BindingConstraint> = by
+        .into_iter()
+        .map(|(constraint, (removed, best))| {
+            let detail = best.map(|b| match constraint.as_str() {
+                "constraints.max_latency_ms" => format!("best predicted p95 is {b:.0} ms"),
+                _ => format!("cheapest predicted cost is ${b:.8}"),
+            });
+            BindingConstraint {
+                constraint,
+                removed,
+                detail,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.removed
+            .cmp(&a.removed)
+            .then(a.constraint.cmp(&b.constraint))
+    });
+    out
+}
+
+fn explain(strategy: Strategy, ranked: &[CandidateVerdict], n_feasible: usize) -> String {
+    let w = &ranked[0];
+    let Some(p) = &w.prediction else {
+        return String::new();
+    };
+    let goal = match strategy {
+        Strategy::OptimizeCost => "lowest expected cost".to_owned(),
+        Strategy::OptimizeLatency => "lowest expected latency".to_owned(),
+        Strategy::Balanced { cost_weight } => {
+            format!("best balance of cost (weight {cost_weight}) and latency")
+        }
+    };
+    let mut text = format!(
+        "{} has the {goal} of {n_feasible} feasible candidates (of {}): predicted cost ${:.8}, p50 {:.0} ms, p95 {:.0} ms, failure risk {:.1}%.",
+        w.candidate.id,
+        ranked.len(),
+        p.cost_usd,
+        p.latency_p50_ms,
+        p.latency_p95_ms,
+        100.0 * p.failure_prob
+    );
+    if let Some(second) = ranked.get(1).filter(|_| n_feasible > 1) {
+        if let Verdict::Fallback { behind_by_pct, .. } = second.verdict {
+            text.push_str(&format!(
+                " Runner-up {} scores {behind_by_pct:.0}% worse.",
+                second.candidate.id
+            ));
+        }
+    }
+    let binding = binding_constraints(&ranked[n_feasible..]);
+    if !binding.is_empty() {
+        let parts: Vec<String> = binding
+            .iter()
+            .map(|b| format!("{} by {}", b.removed, b.constraint))
+            .collect();
+        text.push_str(&format!(" Removed: {}.", parts.join(", ")));
+    }
+    text
+}

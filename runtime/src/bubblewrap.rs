@@ -1,0 +1,381 @@
+//! The `bubblewrap` backend: the job runs under `bwrap` in fresh user, pid, ipc, uts, cgroup
+//! and (unless the job allows network) network namespaces, with all capabilities dropped, a
+//! read-only view of the host's `/usr`, only the few `/etc` files interpreters need, private
+//! `/dev`, `/proc` and size-capped `/tmp`, and the job directory read-write at `/work`.
+//! Rlimits are set on the `bwrap` process before `exec` and inherited by everything inside;
+//! the shared supervisor kills `bwrap`'s group at the wall-clock limit, and `bwrap`'s
+//! `--die-with-parent` plus the pid namespace take every sandboxed process down with it.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sandstorm_features::IsolationBackend;
+
+use crate::error::RuntimeError;
+use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
+use crate::limits::Limits;
+use crate::process::probe_with;
+use crate::supervise::{self, Outcome, Sandbox, Wrapped};
+use crate::sys::Termination;
+use crate::{Availability, Backend, RunResult};
+
+/// Where the job directory appears inside the sandbox.
+const SANDBOX_WORKDIR: &str = "/work";
+
+/// Top-level entries that merged-usr systems make symlinks into `/usr` (mirrored as the same
+/// symlinks) and older systems keep as directories (bound read-only).
+const ROOT_ENTRIES: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The `/etc` files every job gets, read-only. Nothing here is secret:
+/// - `ld.so.cache`: the dynamic loader's library index (without it every library lookup walks
+///   the default directories, and libraries outside them are not found);
+/// - `alternatives`: Debian's symlink farm that `/usr/bin` names like `awk` or `editor` point
+///   through;
+/// - `localtime`: the host time zone, for interpreters that format local times.
+///
+/// Deliberately absent: `shadow`/`gshadow` (password hashes), `passwd`/`group` (host account
+/// names), `ssl/private` (host TLS keys), and everything else under `/etc`.
+const ETC_ALWAYS: [&str; 3] = ["/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"];
+
+/// Extra `/etc` files for jobs that may use the network: name resolution (`resolv.conf`,
+/// `hosts`, `nsswitch.conf`, `host.conf`, `gai.conf`) and the public CA certificates TLS
+/// clients verify servers with (`ssl/certs`, `ssl/openssl.cnf`; never `ssl/private`).
+const ETC_NETWORK: [&str; 7] = [
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+];
+
+/// How a top-level directory of the host appears in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RootEntry {
+    /// `/name` is a symlink (merged usr) with this target.
+    Symlink { path: PathBuf, target: PathBuf },
+    /// `/name` is a real directory, bound read-only.
+    Dir(PathBuf),
+}
+
+/// Runs jobs under bubblewrap.
+#[derive(Debug)]
+pub(crate) struct BubblewrapBackend {
+    /// The `bwrap` executable, if this host has one.
+    bwrap: Option<PathBuf>,
+    root: Vec<RootEntry>,
+}
+
+impl BubblewrapBackend {
+    /// Finds `bwrap` and reads the host's top-level layout; runs nothing.
+    pub(crate) fn new() -> Self {
+        let root = ROOT_ENTRIES
+            .iter()
+            .filter_map(|name| {
+                let path = Path::new("/").join(name);
+                let meta = fs::symlink_metadata(&path).ok()?;
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).ok()?;
+                    Some(RootEntry::Symlink { path, target })
+                } else if meta.is_dir() {
+                    Some(RootEntry::Dir(path))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        Self {
+            bwrap: find_bwrap(),
+            root,
+        }
+    }
+
+    fn bwrap(&self) -> Result<&Path, RuntimeError> {
+        self.bwrap
+            .as_deref()
+            .ok_or_else(|| RuntimeError::Unavailable {
+                backend: IsolationBackend::Bubblewrap,
+                reason: format!("`bwrap` was not found in PATH or {SEARCH_PATH}"),
+            })
+    }
+
+    /// The `bwrap` arguments that run `program args` for `job` in `job_dir`.
+    fn arguments(
+        &self,
+        job: &JobSpec,
+        job_dir: &Path,
+        limits: &Limits,
+        program: &str,
+        args: &[String],
+    ) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push(["--unshare-all"]);
+        if job.allow_network {
+            a.push(["--share-net"]);
+        }
+        // `--as-pid-1`: the job's program is the namespace's pid 1 instead of a bwrap reaper,
+        // so bwrap waits for it directly and its resource usage (peak memory, CPU time)
+        // reaches our `wait4`; with the reaper in between it is lost. Costs: signals the job
+        // sends itself without a handler are ignored (pid-1 rule; kernel faults and SIGKILL
+        // still kill it), and orphans inside are not reaped until the run ends. When pid 1
+        // exits, the kernel kills everything left in the namespace.
+        // `--die-with-parent`: the sandbox gets SIGKILL when `bwrap` dies, which is how the
+        // supervisor's kill of `bwrap`'s group reaches it (it runs in its own session).
+        a.push([
+            "--as-pid-1",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ]);
+        a.push(["--hostname", "sandstorm"]);
+        a.push(["--ro-bind", "/usr", "/usr"]);
+        for entry in &self.root {
+            match entry {
+                RootEntry::Symlink { path, target } => {
+                    a.push(["--symlink"]);
+                    a.path(target);
+                    a.path(path);
+                }
+                RootEntry::Dir(path) => {
+                    a.push(["--ro-bind"]);
+                    a.path(path);
+                    a.path(path);
+                }
+            }
+        }
+        let etc = ETC_ALWAYS
+            .iter()
+            .chain(ETC_NETWORK.iter().filter(|_| job.allow_network));
+        for file in etc {
+            a.push(["--ro-bind-try", file, file]);
+        }
+        a.push(["--dev", "/dev", "--proc", "/proc"]);
+        a.push(["--size"]);
+        a.push([limits.tmpfs_bytes.to_string()]);
+        a.push(["--tmpfs", "/tmp"]);
+        a.push(["--bind"]);
+        a.path(job_dir);
+        a.push([SANDBOX_WORKDIR, "--chdir", SANDBOX_WORKDIR]);
+        // The root is a tmpfs bwrap builds the mounts on; once they exist it goes read-only,
+        // so only /work and /tmp are writable.
+        a.push(["--remount-ro", "/"]);
+        a.push(["--clearenv"]);
+        for (key, value) in [
+            ("PATH", SEARCH_PATH),
+            ("HOME", SANDBOX_WORKDIR),
+            ("LANG", "C.UTF-8"),
+            ("TMPDIR", "/tmp"),
+        ] {
+            a.push(["--setenv", key, value]);
+        }
+        a.push(["--", program]);
+        a.push(args);
+        a.0
+    }
+}
+
+/// An argument vector under construction.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<S: AsRef<str>>(&mut self, items: impl IntoIterator<Item = S>) {
+        self.0
+            .extend(items.into_iter().map(|s| OsString::from(s.as_ref())));
+    }
+
+    fn path(&mut self, path: &Path) {
+        self.0.push(path.as_os_str().to_owned());
+    }
+}
+
+/// `bwrap` from the caller's `PATH`, else from [`SEARCH_PATH`].
+fn find_bwrap() -> Option<PathBuf> {
+    let caller_path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&caller_path)
+        .chain(std::env::split_paths(SEARCH_PATH))
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+impl Sandbox for BubblewrapBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Bubblewrap
+    }
+
+    fn wrap(
+        &self,
+        job: &JobSpec,
+        prepared: &PreparedJob,
+        limits: &Limits,
+    ) -> Result<Wrapped, RuntimeError> {
+        Ok(Wrapped {
+            program: self.bwrap()?.to_path_buf(),
+            args: self.arguments(
+                job,
+                prepared.dir(),
+                limits,
+                prepared.program(),
+                prepared.args(),
+            ),
+            // Only for `bwrap` itself; the sandbox gets `--clearenv` and its own variables.
+            env: vec![("PATH".into(), SEARCH_PATH.into())],
+        })
+    }
+
+    /// bwrap exits 128 + N when the sandboxed program dies of signal N.
+    fn signals_as_exit_codes(&self) -> bool {
+        true
+    }
+
+    /// bwrap reports its own failures (mounts, namespaces, exec) as one `bwrap: ...` line on
+    /// stderr and exit code 1, before the job printed anything.
+    fn setup_failed(&self, outcome: &Outcome) -> bool {
+        let stderr = String::from_utf8_lossy(&outcome.stderr.bytes);
+        outcome.termination == Termination::Exited(1)
+            && outcome.stdout.bytes.is_empty()
+            && !outcome.stderr.truncated
+            && stderr.starts_with("bwrap: ")
+            && stderr.trim_end().lines().count() == 1
+    }
+
+    fn enforced(&self, job: &JobSpec) -> Vec<String> {
+        let (namespaces, network) = if job.allow_network {
+            ("user,pid,ipc,uts,cgroup,mount", "network=host")
+        } else {
+            ("user,pid,ipc,uts,cgroup,mount,net", "network=blocked")
+        };
+        vec![
+            format!("namespaces={namespaces}"),
+            network.to_owned(),
+            "capabilities=none".to_owned(),
+            "filesystem=read_only_root,job_dir_rw,tmp_rw".to_owned(),
+            format!("tmpfs_tmp_mib={}", job.memory_mib),
+            "die_with_parent".to_owned(),
+            "pid_namespace_kill".to_owned(),
+        ]
+    }
+}
+
+impl Backend for BubblewrapBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Bubblewrap
+    }
+
+    fn probe(&self) -> Availability {
+        match self.bwrap() {
+            Ok(bwrap) => probe_with(
+                self,
+                &format!("{} runs /bin/sh in fresh namespaces", bwrap.display()),
+            ),
+            Err(e) => Availability::Unavailable {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError> {
+        supervise::execute(self, job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandstorm_features::{Language, RunRequest};
+
+    use super::*;
+
+    fn args_for(allow_network: bool) -> Vec<String> {
+        let backend = BubblewrapBackend {
+            bwrap: Some("/usr/bin/bwrap".into()),
+            root: vec![
+                RootEntry::Symlink {
+                    path: "/bin".into(),
+                    target: "usr/bin".into(),
+                },
+                RootEntry::Dir("/lib64".into()),
+            ],
+        };
+        let mut request = RunRequest::command(Language::Sh, "true");
+        request.allow_network = allow_network;
+        request.resources.memory_mib = 100;
+        let job = JobSpec::from_request(&request);
+        let limits = Limits::for_job(&job);
+        backend
+            .arguments(
+                &job,
+                Path::new("/tmp/job"),
+                &limits,
+                "/bin/sh",
+                &["-c".into(), "true".into()],
+            )
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn has_window(args: &[String], window: &[&str]) -> bool {
+        args.windows(window.len()).any(|w| w == window)
+    }
+
+    #[test]
+    fn network_is_shared_only_when_allowed() {
+        let closed = args_for(false);
+        assert!(closed.contains(&"--unshare-all".to_owned()));
+        assert!(!closed.contains(&"--share-net".to_owned()));
+        assert!(!closed.iter().any(|a| a == "/etc/resolv.conf"));
+        let open = args_for(true);
+        assert!(open.contains(&"--share-net".to_owned()));
+        assert!(has_window(
+            &open,
+            &["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+        ));
+    }
+
+    #[test]
+    fn secrets_are_never_mounted() {
+        for args in [args_for(false), args_for(true)] {
+            for secret in [
+                "/etc",
+                "/etc/shadow",
+                "/etc/ssl",
+                "/etc/ssl/private",
+                "/root",
+            ] {
+                assert!(!args.iter().any(|a| a == secret), "{secret} in {args:?}");
+            }
+            assert!(!args.iter().any(|a| a.starts_with("/home")));
+        }
+    }
+
+    #[test]
+    fn layout_workdir_and_command() {
+        let args = args_for(false);
+        assert!(has_window(&args, &["--ro-bind", "/usr", "/usr"]));
+        assert!(has_window(&args, &["--symlink", "usr/bin", "/bin"]));
+        assert!(has_window(&args, &["--ro-bind", "/lib64", "/lib64"]));
+        assert!(has_window(&args, &["--bind", "/tmp/job", "/work"]));
+        assert!(has_window(&args, &["--chdir", "/work"]));
+        assert!(has_window(
+            &args,
+            &[
+                "--size",
+                &(100 * 1024 * 1024).to_string(),
+                "--tmpfs",
+                "/tmp"
+            ]
+        ));
+        assert!(has_window(&args, &["--cap-drop", "ALL"]));
+        assert!(has_window(&args, &["--remount-ro", "/"]));
+        assert!(args.contains(&"--as-pid-1".to_owned()));
+        assert!(args.ends_with(&["--".into(), "/bin/sh".into(), "-c".into(), "true".into()]));
+        // The environment is cleared before the job's own variables are set.
+        let clear = args.iter().position(|a| a == "--clearenv");
+        let first_set = args.iter().position(|a| a == "--setenv");
+        assert!(clear.is_some() && clear < first_set);
+    }
+}

@@ -1,0 +1,108 @@
+//! The `process` backend: the job runs as a plain child process of this one, in a fresh job
+//! directory, in its own session and process group, with rlimits and a minimal environment.
+//! It shares the host's file system view, user and network: it cannot block the network
+//! (see `IsolationBackend::can_block_network`) and only suits trusted code.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use sandstorm_features::{IsolationBackend, Language};
+
+use crate::error::RuntimeError;
+use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
+use crate::limits::Limits;
+use crate::supervise::{self, Sandbox, Wrapped};
+use crate::{Availability, Backend, RunResult, RunStatus};
+
+/// Wall-clock limit of a probe run.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs jobs as local child processes.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessBackend;
+
+impl Sandbox for ProcessBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Process
+    }
+
+    fn wrap(
+        &self,
+        _job: &JobSpec,
+        prepared: &PreparedJob,
+        _limits: &Limits,
+    ) -> Result<Wrapped, RuntimeError> {
+        Ok(Wrapped {
+            program: prepared.program().into(),
+            args: prepared.args().iter().map(OsString::from).collect(),
+            env: vec![
+                ("PATH".into(), SEARCH_PATH.into()),
+                ("HOME".into(), prepared.dir().display().to_string()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+        })
+    }
+
+    fn enforced(&self, _job: &JobSpec) -> Vec<String> {
+        vec!["network=host".to_owned(), "filesystem=host".to_owned()]
+    }
+}
+
+impl Backend for ProcessBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Process
+    }
+
+    fn probe(&self) -> Availability {
+        probe_with(self, "/bin/sh runs in a job directory with rlimits")
+    }
+
+    fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError> {
+        supervise::execute(self, job)
+    }
+}
+
+/// A tiny job (`/bin/sh -c /bin/true`) that must finish `ok` within [`PROBE_TIMEOUT`].
+pub(crate) fn probe_job() -> JobSpec {
+    JobSpec {
+        language: Language::Sh,
+        command: Some("/bin/true".to_owned()),
+        code: None,
+        files: Vec::new(),
+        cpu: 1.0,
+        memory_mib: 64,
+        timeout: PROBE_TIMEOUT,
+        allow_network: false,
+        max_output_bytes: 4096,
+    }
+}
+
+/// Runs [`probe_job`] on `sandbox` and reports what happened.
+pub(crate) fn probe_with(sandbox: &dyn Sandbox, what: &str) -> Availability {
+    match supervise::execute(sandbox, &probe_job()) {
+        Ok(r) if r.status == RunStatus::Ok => Availability::Available {
+            detail: format!("{what} (probe took {:.0} ms)", r.total_ms),
+        },
+        Ok(r) => {
+            let how = match (r.exit_code, r.signal) {
+                _ if r.status == RunStatus::Timeout => {
+                    format!("did not finish within {} s", PROBE_TIMEOUT.as_secs())
+                }
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                (None, None) => format!("ended with status {}", r.status),
+            };
+            let stderr = r.stderr.trim();
+            Availability::Unavailable {
+                reason: if stderr.is_empty() {
+                    format!("probe run {how}")
+                } else {
+                    format!("probe run {how}: {stderr}")
+                },
+            }
+        }
+        Err(e) => Availability::Unavailable {
+            reason: e.to_string(),
+        },
+    }
+}
