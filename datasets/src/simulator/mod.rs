@@ -182,7 +182,7 @@ fn simulate_row(world: &World, cfg: &SimulatorConfig, i: usize) -> Option<Teleme
 }
 
 /// Simulates `cfg.rows` rows and writes them to `out_dir` as `part-NNNNN.parquet` files of
-/// `cfg.rows_per_file` rows each, calling `progress` with the rows written after each file.
+/// `cfg.rows_per_file` rows each, calling `progress` with the rows simulated so far.
 ///
 /// `out_dir` is created when missing and must not already hold Parquet files.
 pub fn generate(
@@ -219,7 +219,12 @@ pub fn generate(
     let mut chunk = Vec::with_capacity(cfg.rows_per_file.min(cfg.rows));
     for file_index in 0..n_files {
         chunk.clear();
-        chunk.extend(rows.by_ref().take(cfg.rows_per_file));
+        for rec in rows.by_ref().take(cfg.rows_per_file) {
+            chunk.push(rec);
+            if chunk.len() % 1024 == 0 {
+                progress(summary.rows + chunk.len());
+            }
+        }
         if chunk.is_empty() {
             break;
         }
