@@ -5,20 +5,38 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use sandstorm_features::DecisionContext;
-use sandstorm_router::{ModelSet, Router};
+use sandstorm_features::{DecisionContext, RunRequest};
+use sandstorm_router::{Decision, ModelSet, Router};
 use sandstorm_runtime::Engine;
 
 use crate::RoutingArgs;
 use crate::common::{self, Execution};
 
-pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
+/// Everything a routing command has after deciding.
+struct Routed {
+    request: RunRequest,
+    ctx: DecisionContext,
+    engine: Engine,
+    decision: Decision,
+}
+
+fn decide(args: &RoutingArgs) -> Result<Routed> {
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let request = common::load_request(&args.request)?;
     let router = Router::new(&catalog, ModelSet::load(&args.models)?);
     let engine = Engine::new();
     let ctx = DecisionContext::now();
     let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;
+    Ok(Routed {
+        request,
+        ctx,
+        engine,
+        decision,
+    })
+}
+
+pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
+    let Routed { decision, .. } = decide(args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);
     } else {
@@ -33,12 +51,12 @@ pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> {
-    let catalog = common::load_catalog(args.catalog.as_deref())?;
-    let request = common::load_request(&args.request)?;
-    let router = Router::new(&catalog, ModelSet::load(&args.models)?);
-    let engine = Engine::new();
-    let ctx = DecisionContext::now();
-    let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;
+    let Routed {
+        request,
+        ctx,
+        engine,
+        decision,
+    } = decide(args)?;
     match common::execute(&engine, &request, &ctx, &decision)? {
         Execution::NotExecutable { reason } => {
             if args.json {

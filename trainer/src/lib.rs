@@ -328,17 +328,7 @@ fn holdout_metrics(role: ModelRole, pred: &[f64], actual: &[f64]) -> BTreeMap<St
     let mut m = BTreeMap::new();
     m.insert("holdout_rows".to_owned(), pred.len() as f64);
     match role {
-        ModelRole::LatencyP50 => {
-            m.insert("mae_ms".to_owned(), metrics::mae(pred, actual));
-            m.insert(
-                "median_ape_pct".to_owned(),
-                metrics::ape_quantile(pred, actual, 0.5),
-            );
-            m.insert(
-                "p90_ape_pct".to_owned(),
-                metrics::ape_quantile(pred, actual, 0.9),
-            );
-        }
+        ModelRole::LatencyP50 => point_error_metrics(&mut m, "mae_ms", pred, actual),
         ModelRole::LatencyP95 => {
             m.insert(
                 "pinball_loss_ms".to_owned(),
@@ -346,17 +336,7 @@ fn holdout_metrics(role: ModelRole, pred: &[f64], actual: &[f64]) -> BTreeMap<St
             );
             m.insert("coverage".to_owned(), metrics::coverage(pred, actual));
         }
-        ModelRole::Cost => {
-            m.insert("mae_usd".to_owned(), metrics::mae(pred, actual));
-            m.insert(
-                "median_ape_pct".to_owned(),
-                metrics::ape_quantile(pred, actual, 0.5),
-            );
-            m.insert(
-                "p90_ape_pct".to_owned(),
-                metrics::ape_quantile(pred, actual, 0.9),
-            );
-        }
+        ModelRole::Cost => point_error_metrics(&mut m, "mae_usd", pred, actual),
         ModelRole::Failure => {
             let labels: Vec<bool> = actual.iter().map(|a| *a > 0.5).collect();
             m.insert("auc".to_owned(), metrics::auc(pred, &labels));
@@ -368,6 +348,24 @@ fn holdout_metrics(role: ModelRole, pred: &[f64], actual: &[f64]) -> BTreeMap<St
         }
     }
     m
+}
+
+/// Absolute and relative errors of a point prediction, `mae_name` carrying the unit.
+fn point_error_metrics(
+    m: &mut BTreeMap<String, f64>,
+    mae_name: &str,
+    pred: &[f64],
+    actual: &[f64],
+) {
+    m.insert(mae_name.to_owned(), metrics::mae(pred, actual));
+    m.insert(
+        "median_ape_pct".to_owned(),
+        metrics::ape_quantile(pred, actual, 0.5),
+    );
+    m.insert(
+        "p90_ape_pct".to_owned(),
+        metrics::ape_quantile(pred, actual, 0.9),
+    );
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
