@@ -85,3 +85,84 @@ fn missing_or_empty_telemetry_is_a_clear_error() {
     let err = train(&telemetry, &tmp.path().join("m"), &TrainConfig::default()).unwrap_err();
     assert!(err.to_string().contains("need at least 200"), "{err}");
 }
+
+/// The model directory is plain LightGBM: Python's `lightgbm.Booster(model_file=...)` loads each
+/// model and predicts what LightGBM predicts here, on the same encoded rows.
+#[test]
+fn python_lightgbm_loads_the_models_and_predicts_the_same_values() {
+    use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
+    use sandstorm_features::model::StoredFeatureSchema;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let telemetry = tmp.path().join("telemetry");
+    let cfg = SimulatorConfig {
+        rows: 3000,
+        seed: 5,
+        ..Default::default()
+    };
+    generate(&Catalog::default_catalog(), &cfg, &telemetry, &mut |_| {}).unwrap();
+    let out = tmp.path().join("models");
+    train(&telemetry, &out, &TrainConfig::default()).unwrap();
+
+    let schema: StoredFeatureSchema =
+        serde_json::from_str(&std::fs::read_to_string(out.join(FEATURE_SCHEMA_FILE)).unwrap())
+            .unwrap();
+    let records: Vec<_> = sandstorm_datasets::simulate(&Catalog::default_catalog(), &cfg)
+        .take(50)
+        .collect();
+    let mut rows = Vec::new();
+    schema
+        .space
+        .encode_all(records.iter().map(FeatureInput::from_record), &mut rows);
+    let csv: String = rows
+        .chunks(N_FEATURES)
+        .map(|r| {
+            r.iter()
+                .map(|v| format!("{v:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let matrix = tmp.path().join("rows.csv");
+    std::fs::write(&matrix, csv).unwrap();
+
+    let python = std::env::var("SANDSTORM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    for role in ModelRole::ALL {
+        let model = out.join(role.file_name());
+        let script = "import sys, numpy as np, lightgbm as lgb\n\
+                      x = np.loadtxt(sys.argv[2], delimiter=',', ndmin=2)\n\
+                      print('\\n'.join(repr(float(v)) for v in lgb.Booster(model_file=sys.argv[1]).predict(x)))";
+        let o = std::process::Command::new(&python)
+            .args([
+                "-c",
+                script,
+                model.to_str().unwrap(),
+                matrix.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "python lightgbm failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let theirs: Vec<f64> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let booster = lightgbm3::Booster::from_file(model.to_str().unwrap()).unwrap();
+        let ours = booster
+            .predict_with_params(&rows, N_FEATURES as i32, true, "num_threads=1")
+            .unwrap();
+        assert_eq!(theirs.len(), ours.len());
+        for (a, b) in theirs.iter().zip(&ours) {
+            assert!(
+                (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                "{}: python {a} vs rust {b}",
+                role.as_str()
+            );
+        }
+    }
+}
