@@ -7,6 +7,10 @@
 //! with the model ([`FeatureSpace`]); a level the model never saw is encoded as missing (NaN),
 //! which LightGBM routes down each split's default branch, and is counted so callers can
 //! report it.
+//!
+//! [`CandidateEncoder`] is the same encoding for the router's hot path: it looks up each
+//! catalog candidate's levels once instead of on every request, and otherwise goes through
+//! the very code of [`FeatureSpace::encode`] (a property test proves the rows identical).
 
 use std::collections::BTreeSet;
 
@@ -102,13 +106,14 @@ impl<'a> FeatureInput<'a> {
         candidate: &'a Candidate,
         ctx: &DecisionContext,
     ) -> Self {
+        let [provider, provider_kind, backend, region, area] = candidate_levels(candidate);
         Self {
             language: request.language.as_str(),
-            provider: &candidate.provider,
-            provider_kind: candidate.provider_kind.as_str(),
-            backend: candidate.backend.as_str(),
-            region: &candidate.region,
-            area: &candidate.area,
+            provider,
+            provider_kind,
+            backend,
+            region,
+            area,
             isolation_level: candidate.isolation_level().strength(),
             vcpu: request.resources.cpu,
             memory_mib: request.resources.memory_mib as f64,
@@ -162,6 +167,18 @@ impl<'a> FeatureInput<'a> {
             _ => self.area,
         }
     }
+}
+
+/// A candidate's values of the categorical features 1..=5 (provider, provider kind, backend,
+/// region, area), as [`FeatureInput::from_parts`] takes them.
+fn candidate_levels(candidate: &Candidate) -> [&str; 5] {
+    [
+        &candidate.provider,
+        candidate.provider_kind.as_str(),
+        candidate.backend.as_str(),
+        &candidate.region,
+        &candidate.area,
+    ]
 }
 
 /// The vocabulary of every categorical feature, recorded with a model.
@@ -231,20 +248,41 @@ impl FeatureSpace {
         hex::encode(Sha256::digest(json))
     }
 
+    /// The code of `value` in the vocabulary of categorical slot `slot`, `None` if unseen.
+    fn level_code(&self, slot: usize, value: &str) -> Option<u32> {
+        self.levels[slot]
+            .binary_search_by(|level| level.as_str().cmp(value))
+            .ok()
+            .map(|code| code as u32)
+    }
+
     /// Encodes one input into `row` (length [`N_FEATURES`]).
     pub fn encode(&self, input: &FeatureInput<'_>, row: &mut [f64]) -> EncodeStats {
+        let mut codes = [None; 6];
+        for (slot, code) in codes.iter_mut().enumerate() {
+            *code = self.level_code(slot, input.categorical(slot));
+        }
+        self.encode_with_codes(input, &codes, row)
+    }
+
+    /// [`FeatureSpace::encode`] with the level codes of the categorical features already
+    /// looked up (`codes[slot]`, `None` for an unseen level).
+    fn encode_with_codes(
+        &self,
+        input: &FeatureInput<'_>,
+        codes: &[Option<u32>; 6],
+        row: &mut [f64],
+    ) -> EncodeStats {
         debug_assert_eq!(row.len(), N_FEATURES);
         let mut stats = EncodeStats::default();
-        for (slot, feature) in (0..6).enumerate() {
-            let value = input.categorical(feature);
-            row[feature] =
-                match self.levels[slot].binary_search_by(|level| level.as_str().cmp(value)) {
-                    Ok(code) => code as f64,
-                    Err(_) => {
-                        stats.unseen_levels += 1;
-                        f64::NAN
-                    }
-                };
+        for (feature, code) in codes.iter().enumerate() {
+            row[feature] = match code {
+                Some(code) => f64::from(*code),
+                None => {
+                    stats.unseen_levels += 1;
+                    f64::NAN
+                }
+            };
         }
         let memory_gib = input.memory_mib / 1024.0;
         row[6] = f64::from(input.isolation_level);
@@ -280,6 +318,65 @@ impl FeatureSpace {
             let start = out.len();
             out.resize(start + N_FEATURES, 0.0);
             total.unseen_levels += self.encode(&input, &mut out[start..]).unseen_levels;
+        }
+        total
+    }
+}
+
+/// Encodes the candidates of a fixed list for one request at a time. Each candidate's levels
+/// are looked up when the encoder is built; per request, only the request's own level is.
+/// The rows are exactly those of [`FeatureSpace::encode`] on [`FeatureInput::from_parts`].
+#[derive(Debug, Clone)]
+pub struct CandidateEncoder {
+    space: FeatureSpace,
+    /// Per candidate: the codes of categorical features 1..=5 (`None`: unseen).
+    codes: Vec<[Option<u32>; 5]>,
+}
+
+impl CandidateEncoder {
+    /// Looks up the levels of `candidates` (kept in this order) in `space`.
+    pub fn new<'c>(
+        space: &FeatureSpace,
+        candidates: impl IntoIterator<Item = &'c Candidate>,
+    ) -> Self {
+        let codes = candidates
+            .into_iter()
+            .map(|c| {
+                let levels = candidate_levels(c);
+                std::array::from_fn(|i| space.level_code(i + 1, levels[i]))
+            })
+            .collect();
+        Self {
+            space: space.clone(),
+            codes,
+        }
+    }
+
+    pub fn space(&self) -> &FeatureSpace {
+        &self.space
+    }
+
+    /// Encodes `request` with each of `candidates` — `(index given to [`CandidateEncoder::new`],
+    /// candidate)` pairs — into a row-major matrix, reusing `out`'s allocation.
+    pub fn encode_all<'c>(
+        &self,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        candidates: impl IntoIterator<Item = (usize, &'c Candidate)>,
+        out: &mut Vec<f64>,
+    ) -> EncodeStats {
+        out.clear();
+        let language = self.space.level_code(0, request.language.as_str());
+        let mut total = EncodeStats::default();
+        for (i, candidate) in candidates {
+            let input = FeatureInput::from_parts(request, candidate, ctx);
+            let [a, b, c, d, e] = self.codes[i];
+            let start = out.len();
+            out.resize(start + N_FEATURES, 0.0);
+            total.unseen_levels += self
+                .space
+                .encode_with_codes(&input, &[language, a, b, c, d, e], &mut out[start..])
+                .unseen_levels;
         }
         total
     }

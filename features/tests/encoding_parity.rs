@@ -3,7 +3,7 @@
 //! batch.
 
 use proptest::prelude::*;
-use sandstorm_features::encoding::{FeatureInput, FeatureSpace, N_FEATURES};
+use sandstorm_features::encoding::{CandidateEncoder, FeatureInput, FeatureSpace, N_FEATURES};
 use sandstorm_features::telemetry::{TelemetryRecord, from_record_batch, to_record_batch};
 use sandstorm_features::{Catalog, DecisionContext, GpuRequest, InputFile, Language, RunRequest};
 use time::OffsetDateTime;
@@ -83,6 +83,46 @@ proptest! {
             let s2 = space.encode(&FeatureInput::from_record(rec), &mut training);
             prop_assert!(rows_equal(&serving, &training), "serving {:?}\ntraining {:?}", serving, training);
             prop_assert_eq!(s1, s2);
+        }
+    }
+}
+
+proptest! {
+    /// The router's `CandidateEncoder` gives exactly the rows (and unseen-level counts) of
+    /// `FeatureSpace::encode` on `FeatureInput::from_parts`.
+    #[test]
+    fn candidate_encoder_encodes_like_encode(
+        requests in prop::collection::vec((arb_request(), arb_time()), 1..6),
+        fit in prop::collection::vec((arb_request(), any::<prop::sample::Index>(), arb_time()), 1..12),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+    ) {
+        let catalog = Catalog::default_catalog();
+        let candidates = catalog.candidates();
+        // A vocabulary fitted on a few decisions, so unseen levels occur too.
+        let space = FeatureSpace::fit(fit.iter().map(|(r, idx, at)| {
+            let c = &candidates[idx.index(candidates.len())];
+            FeatureInput::from_parts(r, c, &DecisionContext::at(*at))
+        }));
+        let encoder = CandidateEncoder::new(&space, &candidates);
+        for (request, at) in &requests {
+            let ctx = DecisionContext::at(*at);
+            let chosen: Vec<usize> = picks.iter().map(|p| p.index(candidates.len())).collect();
+            let mut fast = Vec::new();
+            let fast_stats = encoder.encode_all(
+                request,
+                &ctx,
+                chosen.iter().map(|&i| (i, &candidates[i])),
+                &mut fast,
+            );
+            let mut reference = Vec::new();
+            let ref_stats = space.encode_all(
+                chosen.iter().map(|&i| FeatureInput::from_parts(request, &candidates[i], &ctx)),
+                &mut reference,
+            );
+            prop_assert_eq!(fast.len(), chosen.len() * N_FEATURES);
+            prop_assert!(fast.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "encoder {:?}\nencode {:?}", fast, reference);
+            prop_assert_eq!(fast_stats, ref_stats);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Candidate enumeration, batched prediction, strategy objective and ranking.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
+use sandstorm_features::encoding::{CandidateEncoder, N_FEATURES};
 use sandstorm_features::telemetry::CandidateScore;
 use sandstorm_features::{
     Candidate, Catalog, DecisionContext, RunRequest, Strategy, static_violation,
@@ -11,7 +12,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::RouterError;
-use crate::models::ModelSet;
+use crate::models::{ModelSet, Predictions};
 
 /// Failure probabilities are capped here so expected values stay finite.
 const MAX_FAILURE_PROB: f64 = 0.95;
@@ -55,7 +56,8 @@ pub enum Verdict {
 /// One enumerated candidate in a decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CandidateVerdict {
-    pub candidate: Candidate,
+    /// Shared with the router (serializes as the candidate itself).
+    pub candidate: Arc<Candidate>,
     pub prediction: Option<Prediction>,
     /// Objective value under the strategy; lower is better.
     pub score: Option<f64>,
@@ -121,18 +123,60 @@ impl Decision {
     }
 }
 
+/// Reusable per-worker buffers for [`Router::decide_with`]: the indices of the candidates
+/// that pass the static constraints, their encoded feature rows and the predictions of every
+/// model. Not shared between threads; each worker owns one.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    live: Vec<usize>,
+    rows: Vec<f64>,
+    predictions: Predictions,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Buffers already sized for `candidates` candidates.
+    pub fn with_capacity(candidates: usize) -> Self {
+        let mut s = Self {
+            live: Vec::with_capacity(candidates),
+            rows: Vec::with_capacity(candidates * N_FEATURES),
+            predictions: Predictions::default(),
+        };
+        s.predictions.reserve(candidates);
+        s
+    }
+}
+
 /// Routes requests over a catalog with a model set.
 #[derive(Debug)]
 pub struct Router {
-    candidates: Vec<Candidate>,
+    candidates: Vec<Arc<Candidate>>,
+    /// Each candidate's position in id order, the last tie-breaker of the ranking.
+    id_rank: Vec<u32>,
+    /// The feature encoding with every candidate's levels looked up once.
+    encoder: CandidateEncoder,
     models: ModelSet,
     max_fallbacks: usize,
 }
 
 impl Router {
     pub fn new(catalog: &Catalog, models: ModelSet) -> Self {
+        let candidates: Vec<Arc<Candidate>> =
+            catalog.candidates().into_iter().map(Arc::new).collect();
+        let mut by_id: Vec<usize> = (0..candidates.len()).collect();
+        by_id.sort_by(|&a, &b| candidates[a].id.cmp(&candidates[b].id));
+        let mut id_rank = vec![0u32; candidates.len()];
+        for (rank, &i) in by_id.iter().enumerate() {
+            id_rank[i] = rank as u32;
+        }
+        let encoder = CandidateEncoder::new(models.space(), candidates.iter().map(|c| &**c));
         Self {
-            candidates: catalog.candidates(),
+            candidates,
+            id_rank,
+            encoder,
             models,
             max_fallbacks: 3,
         }
@@ -142,47 +186,67 @@ impl Router {
         &self.models
     }
 
-    pub fn candidates(&self) -> &[Candidate] {
+    pub fn candidates(&self) -> &[Arc<Candidate>] {
         &self.candidates
     }
 
     /// Decides where `request` runs. `unavailable` names why a candidate cannot run right now
     /// (e.g. a local backend this host lacks), or `None` when it can.
+    ///
+    /// Allocates fresh scoring buffers; a worker deciding many requests should keep a
+    /// [`Scratch`] and call [`Router::decide_with`].
     pub fn decide(
         &self,
         request: &RunRequest,
         ctx: &DecisionContext,
         unavailable: &dyn Fn(&Candidate) -> Option<String>,
     ) -> Result<Decision, RouterError> {
+        self.decide_with(&mut Scratch::new(), request, ctx, unavailable)
+    }
+
+    /// [`Router::decide`] with the caller's reusable buffers: the feature rows of all
+    /// candidates and the predictions of all four models go into `scratch`, so once it has
+    /// grown to the catalog's size, scoring allocates nothing.
+    pub fn decide_with(
+        &self,
+        scratch: &mut Scratch,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        unavailable: &dyn Fn(&Candidate) -> Option<String>,
+    ) -> Result<Decision, RouterError> {
         request.validate()?;
         let mut filtered: Vec<CandidateVerdict> = Vec::new();
-        let mut live: Vec<&Candidate> = Vec::new();
-        for c in &self.candidates {
+        let live = &mut scratch.live;
+        live.clear();
+        for (i, c) in self.candidates.iter().enumerate() {
             let drop = static_violation(request, c)
                 .map(|v| (v.constraint().to_owned(), v.to_string()))
                 .or_else(|| unavailable(c).map(|why| ("availability".to_owned(), why)));
             match drop {
                 Some((constraint, reason)) => filtered.push(CandidateVerdict {
-                    candidate: c.clone(),
+                    candidate: Arc::clone(c),
                     prediction: None,
                     score: None,
                     verdict: Verdict::Filtered { constraint, reason },
                 }),
-                None => live.push(c),
+                None => live.push(i),
             }
         }
 
-        let mut rows = Vec::with_capacity(live.len() * N_FEATURES);
-        let stats = self.models.space().encode_all(
-            live.iter()
-                .map(|c| FeatureInput::from_parts(request, c, ctx)),
-            &mut rows,
+        let stats = self.encoder.encode_all(
+            request,
+            ctx,
+            live.iter().map(|&i| (i, &*self.candidates[i])),
+            &mut scratch.rows,
         );
-        let batch = self.models.predict(&rows)?;
+        self.models
+            .predict_into(&scratch.rows, &mut scratch.predictions)?;
+        let batch = &scratch.predictions;
 
         let c = &request.constraints;
-        let mut scored: Vec<(&Candidate, Prediction)> = Vec::new();
-        for (i, cand) in live.iter().enumerate() {
+        // (candidate index, prediction) of the candidates that stay in the ranking.
+        let mut scored: Vec<(usize, Prediction)> = Vec::with_capacity(scratch.live.len());
+        for (i, &k) in scratch.live.iter().enumerate() {
             let p50 = batch.latency_p50_ms[i];
             // Independent quantile models can cross; p95 is never below p50.
             let p95 = batch.latency_p95_ms[i].max(p50);
@@ -209,7 +273,7 @@ impl Router {
             };
             match breach {
                 Some((constraint, reason)) => filtered.push(CandidateVerdict {
-                    candidate: (*cand).clone(),
+                    candidate: Arc::clone(&self.candidates[k]),
                     prediction: Some(prediction),
                     score: None,
                     verdict: Verdict::Filtered {
@@ -217,7 +281,7 @@ impl Router {
                         reason,
                     },
                 }),
-                None => scored.push((cand, prediction)),
+                None => scored.push((k, prediction)),
             }
         }
 
@@ -243,7 +307,9 @@ impl Router {
         let strategy = request.strategy();
         let scores = objective(strategy, &scored);
         let mut order: Vec<usize> = (0..scored.len()).collect();
-        order.sort_by(|&a, &b| {
+        // Lower score first, then lower expected latency, then candidate id (then catalog
+        // order, as a stable sort would keep equal ids).
+        order.sort_unstable_by(|&a, &b| {
             scores[a]
                 .total_cmp(&scores[b])
                 .then(
@@ -252,7 +318,8 @@ impl Router {
                         .expected_latency_ms
                         .total_cmp(&scored[b].1.expected_latency_ms),
                 )
-                .then(scored[a].0.id.cmp(&scored[b].0.id))
+                .then(self.id_rank[scored[a].0].cmp(&self.id_rank[scored[b].0]))
+                .then(scored[a].0.cmp(&scored[b].0))
         });
         let best = scores[order[0]];
         let winner = &scored[order[0]];
@@ -276,7 +343,7 @@ impl Router {
                 },
             };
             candidates.push(CandidateVerdict {
-                candidate: scored[i].0.clone(),
+                candidate: Arc::clone(&self.candidates[scored[i].0]),
                 prediction: Some(scored[i].1.clone()),
                 score: Some(scores[i]),
                 verdict,
@@ -287,13 +354,14 @@ impl Router {
 
         let decision_id = uuid::Uuid::new_v4().to_string();
         let explanation = explain(strategy, &candidates, n_feasible);
-        tracing::debug!(%decision_id, winner = %winner.0.id, n_feasible, "decided");
+        let winner_id = &self.candidates[winner.0].id;
+        tracing::debug!(%decision_id, winner = %winner_id, n_feasible, "decided");
         Ok(Decision {
             decision_id,
             decided_at: ctx.now.format(&Rfc3339).unwrap_or_default(),
             strategy,
             model_version: self.models.version().to_owned(),
-            winner: winner.0.id.clone(),
+            winner: winner_id.clone(),
             fallbacks: candidates[1..n_feasible.min(self.max_fallbacks + 1)]
                 .iter()
                 .map(|c| c.candidate.id.clone())
@@ -308,7 +376,7 @@ impl Router {
 }
 
 /// Objective values (lower is better) of feasible candidates under `strategy`.
-fn objective(strategy: Strategy, scored: &[(&Candidate, Prediction)]) -> Vec<f64> {
+fn objective(strategy: Strategy, scored: &[(usize, Prediction)]) -> Vec<f64> {
     match strategy {
         Strategy::OptimizeCost => scored.iter().map(|(_, p)| p.expected_cost_usd).collect(),
         Strategy::OptimizeLatency => scored.iter().map(|(_, p)| p.expected_latency_ms).collect(),

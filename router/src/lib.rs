@@ -6,12 +6,22 @@
 //! whose predictions break `max_latency_ms` / `max_cost_usd`, and ranks the rest under the
 //! request's strategy. Every enumerated candidate appears in the [`Decision`] with its
 //! predictions or the reason it was dropped.
+//!
+//! Models are evaluated natively ([`NativeModel`]: LightGBM's text format, evaluated in pure
+//! Rust with LightGBM's exact semantics), so serving does not link LightGBM. A worker keeps a
+//! [`Scratch`] and calls [`Router::decide_with`] so scoring reuses its buffers.
 
 mod decide;
 mod models;
+mod native;
 
-pub use decide::{BindingConstraint, CandidateVerdict, Decision, Prediction, Router, Verdict};
+pub use decide::{
+    BindingConstraint, CandidateVerdict, Decision, Prediction, Router, Scratch, Verdict,
+};
+#[cfg(feature = "lightgbm-reference")]
+pub use models::Evaluator;
 pub use models::ModelSet;
+pub use native::{EvalScratch, NativeModel, OutputTransform};
 
 use std::path::PathBuf;
 
@@ -27,9 +37,13 @@ pub enum RouterError {
         binding: Vec<BindingConstraint>,
         summary: String,
     },
-    /// LightGBM failed while predicting; a bug or a corrupt model, not a user error.
+    /// Prediction failed (rows of the wrong shape); a bug, not a user error.
     #[error("prediction failed: {0}")]
     Prediction(String),
+    /// A LightGBM text model is malformed or uses something the native evaluator does not
+    /// support (e.g. a multiclass or ranking objective).
+    #[error("invalid lightgbm model: {0}")]
+    ModelText(String),
     #[error(transparent)]
     Features(#[from] sandstorm_features::FeaturesError),
 }

@@ -1,98 +1,121 @@
 //! Loading a model directory and predicting a batch of encoded candidate rows.
+//!
+//! Serving predicts with the native evaluator ([`crate::native`]): all four models over all
+//! rows of a decision, into buffers the caller reuses ([`Predictions`]), without allocating.
+//! With the `lightgbm-reference` feature (tests only), [`ModelSet::load_with`] can instead
+//! predict through LightGBM's C API, so tests can compare the two end to end.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use lightgbm3::Booster;
 use sandstorm_features::encoding::{FeatureSpace, N_FEATURES};
 use sandstorm_features::model::{
     FEATURE_SCHEMA_FILE, METADATA_FILE, ModelMetadata, ModelRole, StoredFeatureSchema,
 };
 
 use crate::RouterError;
+use crate::native::{EvalScratch, NativeModel};
+
+/// Which implementation predicts.
+#[cfg(feature = "lightgbm-reference")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluator {
+    /// The native evaluator, as in serving.
+    Native,
+    /// LightGBM's C API through `lightgbm3` (the reference; slow: it loads the boosters on
+    /// every call, because `lightgbm3::Booster` is neither `Send` nor `Sync`).
+    LightGbm,
+}
 
 /// The four models of a model directory plus its feature space.
+#[derive(Debug)]
 pub struct ModelSet {
     dir: PathBuf,
     metadata: ModelMetadata,
     space: FeatureSpace,
-    boosters: BTreeMap<ModelRole, Booster>,
+    /// One model per role, in [`ModelRole::ALL`] order.
+    models: [NativeModel; 4],
+    /// The model texts, when predicting through LightGBM's C API.
+    #[cfg(feature = "lightgbm-reference")]
+    reference: Option<[String; 4]>,
 }
 
-impl std::fmt::Debug for ModelSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelSet")
-            .field("dir", &self.dir)
-            .field("version", &self.metadata.version)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Predictions for a batch, one value per row and role, in natural units.
+/// Predictions for a batch, one value per row and role, in natural units. Reused across
+/// decisions: predicting resizes the vectors, which allocates only while they grow.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BatchPrediction {
+pub(crate) struct Predictions {
     pub(crate) latency_p50_ms: Vec<f64>,
     pub(crate) latency_p95_ms: Vec<f64>,
     pub(crate) cost_usd: Vec<f64>,
     pub(crate) failure_prob: Vec<f64>,
+    /// The folded forests of the current batch.
+    eval: EvalScratch,
+}
+
+impl Predictions {
+    fn for_role(&mut self, role: ModelRole) -> &mut Vec<f64> {
+        match role {
+            ModelRole::LatencyP50 => &mut self.latency_p50_ms,
+            ModelRole::LatencyP95 => &mut self.latency_p95_ms,
+            ModelRole::Cost => &mut self.cost_usd,
+            ModelRole::Failure => &mut self.failure_prob,
+        }
+    }
+
+    pub(crate) fn reserve(&mut self, rows: usize) {
+        for role in ModelRole::ALL {
+            let v = self.for_role(role);
+            v.reserve(rows.saturating_sub(v.len()));
+        }
+    }
 }
 
 impl ModelSet {
     /// Loads and checks a model directory written by `sandstorm train`.
     pub fn load(dir: &Path) -> Result<Self, RouterError> {
+        let (metadata, space, texts) = read_dir(dir)?;
         let err = |message: String| RouterError::ModelDir {
             path: dir.to_path_buf(),
             message,
         };
-        if !dir.is_dir() {
-            return Err(err(
-                "does not exist or is not a directory (train one with `sandstorm train`)"
-                    .to_owned(),
-            ));
-        }
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .map_err(|e| err(format!("cannot read {name}: {e}")))
-        };
-        let metadata: ModelMetadata = serde_json::from_str(&read(METADATA_FILE)?)
-            .map_err(|e| err(format!("{METADATA_FILE} is invalid: {e}")))?;
-        let schema: StoredFeatureSchema = serde_json::from_str(&read(FEATURE_SCHEMA_FILE)?)
-            .map_err(|e| err(format!("{FEATURE_SCHEMA_FILE} is invalid: {e}")))?;
-        schema
-            .space
-            .check_compatible()
-            .map_err(|e| err(e.to_string()))?;
-        if schema.space.hash() != schema.hash || schema.hash != metadata.feature_schema_hash {
-            return Err(err(
-                "feature schema hash does not match its content or metadata.json".to_owned(),
-            ));
-        }
-        let mut boosters = BTreeMap::new();
-        for role in ModelRole::ALL {
-            let entry = metadata
-                .models
-                .get(&role)
-                .ok_or_else(|| err(format!("metadata.json has no `{}` model", role.as_str())))?;
-            let path = dir.join(&entry.file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| err(format!("cannot read {}: {e}", entry.file)))?;
-            let booster = Booster::from_string(&text)
-                .map_err(|e| err(format!("{} is not a LightGBM model: {e}", entry.file)))?;
-            if booster.num_features() as usize != N_FEATURES {
+        let mut models = Vec::with_capacity(4);
+        for (role, text) in ModelRole::ALL.into_iter().zip(&texts) {
+            let file = role.file_name();
+            let model = NativeModel::from_text(text).map_err(|e| err(format!("{file}: {e}")))?;
+            if model.n_features() != N_FEATURES {
                 return Err(err(format!(
-                    "{} expects {} features, the encoder produces {N_FEATURES}",
-                    entry.file,
-                    booster.num_features()
+                    "{file} expects {} features, the encoder produces {N_FEATURES}",
+                    model.n_features()
                 )));
             }
-            boosters.insert(role, booster);
+            tracing::debug!(
+                role = role.as_str(),
+                trees = model.num_trees(),
+                "loaded model"
+            );
+            models.push(model);
         }
+        let models: [NativeModel; 4] = models
+            .try_into()
+            .map_err(|_| err("expected four models".to_owned()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             metadata,
-            space: schema.space,
-            boosters,
+            space,
+            models,
+            #[cfg(feature = "lightgbm-reference")]
+            reference: None,
         })
+    }
+
+    /// Loads a model directory that predicts with `evaluator` (tests only).
+    #[cfg(feature = "lightgbm-reference")]
+    pub fn load_with(dir: &Path, evaluator: Evaluator) -> Result<Self, RouterError> {
+        let mut set = Self::load(dir)?;
+        if evaluator == Evaluator::LightGbm {
+            let (_, _, texts) = read_dir(dir)?;
+            set.reference = Some(texts);
+        }
+        Ok(set)
     }
 
     pub fn metadata(&self) -> &ModelMetadata {
@@ -111,27 +134,106 @@ impl ModelSet {
         &self.dir
     }
 
-    /// Predicts every role for a row-major matrix of encoded rows.
-    pub(crate) fn predict(&self, rows: &[f64]) -> Result<BatchPrediction, RouterError> {
-        let mut out = BatchPrediction::default();
-        if rows.is_empty() {
-            return Ok(out);
+    /// The native model of `role`.
+    pub fn model(&self, role: ModelRole) -> &NativeModel {
+        let i = ModelRole::ALL
+            .iter()
+            .position(|r| *r == role)
+            .unwrap_or_default();
+        &self.models[i]
+    }
+
+    /// Predicts every role for a row-major matrix of encoded rows into `out`.
+    pub(crate) fn predict_into(
+        &self,
+        rows: &[f64],
+        out: &mut Predictions,
+    ) -> Result<(), RouterError> {
+        let n = rows.len() / N_FEATURES;
+        #[cfg(feature = "lightgbm-reference")]
+        if let Some(texts) = &self.reference {
+            return predict_lightgbm(texts, rows, out);
         }
-        for (role, booster) in &self.boosters {
-            let raw = booster
-                .predict_with_params(rows, N_FEATURES as i32, true, "num_threads=1")
+        let Predictions {
+            latency_p50_ms,
+            latency_p95_ms,
+            cost_usd,
+            failure_prob,
+            eval,
+        } = out;
+        // In ModelRole::ALL order, like `self.models`.
+        let slots = [latency_p50_ms, latency_p95_ms, cost_usd, failure_prob];
+        for ((role, model), values) in ModelRole::ALL.into_iter().zip(&self.models).zip(slots) {
+            values.clear();
+            values.resize(n, 0.0);
+            model
+                .predict_batch_into(eval, rows, values)
                 .map_err(|e| RouterError::Prediction(format!("{}: {e}", role.as_str())))?;
-            let values: Vec<f64> = raw
-                .into_iter()
-                .map(|v| role.target_transform().apply(v))
-                .collect();
-            match role {
-                ModelRole::LatencyP50 => out.latency_p50_ms = values,
-                ModelRole::LatencyP95 => out.latency_p95_ms = values,
-                ModelRole::Cost => out.cost_usd = values,
-                ModelRole::Failure => out.failure_prob = values,
+            let transform = role.target_transform();
+            for v in values.iter_mut() {
+                *v = transform.apply(*v);
             }
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Reads and checks metadata, feature schema and the four model texts.
+fn read_dir(dir: &Path) -> Result<(ModelMetadata, FeatureSpace, [String; 4]), RouterError> {
+    let err = |message: String| RouterError::ModelDir {
+        path: dir.to_path_buf(),
+        message,
+    };
+    if !dir.is_dir() {
+        return Err(err(
+            "does not exist or is not a directory (train one with `sandstorm train`)".to_owned(),
+        ));
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| err(format!("cannot read {name}: {e}")))
+    };
+    let metadata: ModelMetadata = serde_json::from_str(&read(METADATA_FILE)?)
+        .map_err(|e| err(format!("{METADATA_FILE} is invalid: {e}")))?;
+    let schema: StoredFeatureSchema = serde_json::from_str(&read(FEATURE_SCHEMA_FILE)?)
+        .map_err(|e| err(format!("{FEATURE_SCHEMA_FILE} is invalid: {e}")))?;
+    schema
+        .space
+        .check_compatible()
+        .map_err(|e| err(e.to_string()))?;
+    if schema.space.hash() != schema.hash || schema.hash != metadata.feature_schema_hash {
+        return Err(err(
+            "feature schema hash does not match its content or metadata.json".to_owned(),
+        ));
+    }
+    let mut texts: [String; 4] = Default::default();
+    for (role, text) in ModelRole::ALL.into_iter().zip(texts.iter_mut()) {
+        let entry = metadata
+            .models
+            .get(&role)
+            .ok_or_else(|| err(format!("metadata.json has no `{}` model", role.as_str())))?;
+        *text = read(&entry.file)?;
+    }
+    Ok((metadata, schema.space, texts))
+}
+
+#[cfg(feature = "lightgbm-reference")]
+fn predict_lightgbm(
+    texts: &[String; 4],
+    rows: &[f64],
+    out: &mut Predictions,
+) -> Result<(), RouterError> {
+    for (role, text) in ModelRole::ALL.into_iter().zip(texts) {
+        let values = out.for_role(role);
+        values.clear();
+        if rows.is_empty() {
+            continue;
+        }
+        let fail = |e: lightgbm3::Error| RouterError::Prediction(format!("{}: {e}", role.as_str()));
+        let booster = lightgbm3::Booster::from_string(text).map_err(fail)?;
+        let raw = booster
+            .predict_with_params(rows, N_FEATURES as i32, true, "num_threads=1")
+            .map_err(fail)?;
+        values.extend(raw.into_iter().map(|v| role.target_transform().apply(v)));
+    }
+    Ok(())
 }

@@ -191,15 +191,23 @@ impl Booster {
     }
 }
 
-/// Trains a booster with early stopping on `valid` (first metric, lower is better unless the
-/// metric is `auc`), after at most `num_iterations` rounds.
+/// Early stopping on a validation set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EarlyStopping<'a> {
+    pub(crate) valid: &'a Dataset,
+    /// Stop when the first metric has not improved for this many rounds.
+    pub(crate) rounds: usize,
+    /// Whether the first metric improves upwards (e.g. `auc`).
+    pub(crate) higher_is_better: bool,
+}
+
+/// Trains a booster for at most `num_iterations` rounds; with `early_stopping`, stops when the
+/// validation metric stalls and keeps the best round.
 pub(crate) fn train(
     train: &Dataset,
-    valid: &Dataset,
+    early_stopping: Option<EarlyStopping<'_>>,
     params: &serde_json::Map<String, serde_json::Value>,
     num_iterations: usize,
-    early_stopping_rounds: usize,
-    higher_is_better: bool,
 ) -> Result<Trained, TrainerError> {
     let p = params_string(params)?;
     let mut handle: sys::BoosterHandle = std::ptr::null_mut();
@@ -209,15 +217,18 @@ pub(crate) fn train(
         "creating booster",
     )?;
     let booster = Booster { handle };
-    // SAFETY: both handles are live; LightGBM keeps a pointer to the validation dataset, which
-    // outlives the booster (it is borrowed for this whole function).
-    check(
-        unsafe { sys::LGBM_BoosterAddValidData(booster.handle, valid.handle) },
-        "adding validation data",
-    )?;
+    if let Some(es) = &early_stopping {
+        // SAFETY: both handles are live; LightGBM keeps a pointer to the validation dataset,
+        // which outlives the booster (it is borrowed for this whole function).
+        check(
+            unsafe { sys::LGBM_BoosterAddValidData(booster.handle, es.valid.handle) },
+            "adding validation data",
+        )?;
+    }
 
     let mut curve = Vec::new();
     let mut best = (0usize, f64::NAN);
+    let mut rounds = 0;
     for round in 1..=num_iterations {
         let mut finished: c_int = 0;
         // SAFETY: live handle; `finished` is a valid out pointer.
@@ -228,21 +239,25 @@ pub(crate) fn train(
         if finished != 0 {
             break;
         }
+        rounds = round;
+        let Some(es) = &early_stopping else {
+            continue;
+        };
         let metric = booster.eval(1)?.first().copied().unwrap_or(f64::NAN);
         curve.push(metric);
         let better = best.1.is_nan()
-            || if higher_is_better {
+            || if es.higher_is_better {
                 metric > best.1
             } else {
                 metric < best.1
             };
         if better {
             best = (round, metric);
-        } else if round - best.0 >= early_stopping_rounds {
+        } else if round - best.0 >= es.rounds {
             break;
         }
     }
-    let rounds_done = curve.len();
+    let rounds_done = rounds;
     let keep = if best.0 == 0 { rounds_done } else { best.0 };
     for _ in keep..rounds_done {
         // SAFETY: live handle; we roll back only rounds that were added above.

@@ -175,11 +175,13 @@ pub fn train_records(
         )?;
         let trained = lgbm::train(
             &train_set,
-            &valid_set,
+            Some(lgbm::EarlyStopping {
+                valid: &valid_set,
+                rounds: cfg.early_stopping_rounds,
+                higher_is_better: false,
+            }),
             &params,
             cfg.num_iterations,
-            cfg.early_stopping_rounds,
-            false,
         )?;
         let booster = Booster::from_string(&trained.model_text)?;
         let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
@@ -243,6 +245,29 @@ pub fn train_records(
         out_dir: out_dir.to_path_buf(),
         metadata,
     })
+}
+
+/// Trains one LightGBM booster on a row-major matrix (`labels.len()` rows of `n_features`
+/// values; NaN is a missing value) for exactly `num_iterations` rounds, without early
+/// stopping, and returns it in LightGBM's text format. `params` are LightGBM parameters by
+/// name, including dataset parameters such as `categorical_feature`, `zero_as_missing` or
+/// `linear_tree`. Used by tests and benchmarks that need a model of a given shape.
+pub fn train_matrix(
+    rows: &[f64],
+    n_features: usize,
+    labels: &[f64],
+    params: &Map<String, Value>,
+    num_iterations: usize,
+) -> Result<String, TrainerError> {
+    if n_features == 0 || rows.len() != labels.len() * n_features {
+        return Err(TrainerError::Input(format!(
+            "{} values are not {} rows of {n_features} features",
+            rows.len(),
+            labels.len()
+        )));
+    }
+    let train_set = lgbm::Dataset::new(rows, n_features, &to_f32(labels), None, params, None)?;
+    Ok(lgbm::train(&train_set, None, params, num_iterations)?.model_text)
 }
 
 /// Rows usable for `role` and their labels (in the model's training space).

@@ -1,0 +1,256 @@
+//! Scoring benchmarks: native tree inference against LightGBM's C API, and whole decisions.
+//!
+//! Setup builds a catalog with enough candidates (the default catalog plus synthetic regions,
+//! one candidate per added region), simulates telemetry on it, and trains the four models
+//! with `train_records` (100 rounds, no early stop before round 100). Then:
+//!
+//! * `per_candidate/{native,lightgbm3}/*`: all four models over the encoded rows of the 256
+//!   candidates of one request (`one_request_256`; the native evaluator folds the request's
+//!   features), over 256 telemetry rows of different requests (`mixed_256`; nothing to fold),
+//!   and over a single row. Criterion's throughput is per candidate and model.
+//!   `lightgbm3` predicts with `num_threads=1` (its single-row C API for one row).
+//! * `decision/{16,64,256}`: `Router::decide_with` end to end (enumerate, filter, encode,
+//!   predict 4 models, rank, explain) with a reused `Scratch`.
+//! * After criterion, a custom timing loop (not criterion) prints p50/p99 of whole decisions.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use lightgbm3::Booster;
+use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
+use sandstorm_features::model::ModelRole;
+use sandstorm_features::{Catalog, DecisionContext, ProviderKind, RegionSpec, RunRequest};
+use sandstorm_router::{EvalScratch, ModelSet, NativeModel, Router, Scratch};
+use time::macros::datetime;
+
+const SIZES: [usize; 3] = [16, 64, 256];
+const REQUEST: &str = "language: python\ncommand: python3 -c 'print(1)'\nstrategy: balanced\ntimeout_s: 30\nresources:\n  cpu: 1\n  memory_mib: 512\n";
+
+/// The default catalog's enabled providers plus synthetic regions until it enumerates
+/// exactly `n` candidates. Region `k` always goes to the same provider, so a smaller catalog
+/// is a subset of a larger one.
+fn catalog_with(n: usize) -> Catalog {
+    let mut catalog = Catalog::default_catalog();
+    catalog.providers.retain(|p| p.enabled);
+    let single: Vec<usize> = catalog
+        .providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.backends.len() == 1 && p.kind != ProviderKind::Local)
+        .map(|(i, _)| i)
+        .collect();
+    let areas = ["us", "eu", "ap"];
+    let mut k = 0;
+    while catalog.candidates().len() < n {
+        let name = format!("bench-{k:03}");
+        catalog.regions.push(RegionSpec {
+            name: name.clone(),
+            area: areas[k % areas.len()].to_owned(),
+            rtt_ms: 5.0 + ((k * 37) % 230) as f64,
+        });
+        catalog.providers[single[k % single.len()]]
+            .regions
+            .push(name);
+        k += 1;
+    }
+    assert_eq!(catalog.candidates().len(), n, "catalog size");
+    catalog
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    models_dir: std::path::PathBuf,
+    request: RunRequest,
+    ctx: DecisionContext,
+    /// Encoded rows of the 256 candidates of the catalog for one request.
+    rows: Vec<f64>,
+    /// Encoded rows of 256 telemetry records (different requests and candidates).
+    mixed: Vec<f64>,
+}
+
+fn fixture() -> Fixture {
+    let catalog = catalog_with(256);
+    let sim = sandstorm_datasets::SimulatorConfig {
+        rows: 20_000,
+        seed: 7,
+        ..Default::default()
+    };
+    let records: Vec<_> = sandstorm_datasets::simulate(&catalog, &sim).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = sandstorm_trainer::TrainConfig {
+        num_iterations: 100,
+        early_stopping_rounds: 100,
+        ..Default::default()
+    };
+    let report = sandstorm_trainer::train_records(&records, dir.path(), &cfg).expect("train");
+    for (role, entry) in &report.metadata.models {
+        let leaves = std::fs::read_to_string(dir.path().join(&entry.file))
+            .expect("model")
+            .lines()
+            .filter_map(|l| l.strip_prefix("num_leaves="))
+            .filter_map(|v| v.parse::<usize>().ok())
+            .sum::<usize>();
+        println!(
+            "model {}: {} trees, {:.1} leaves per tree",
+            role.as_str(),
+            entry.num_trees,
+            leaves as f64 / entry.num_trees.max(1) as f64
+        );
+    }
+    let request = RunRequest::from_yaml(REQUEST).expect("request");
+    let ctx = DecisionContext::at(datetime!(2026-02-03 14:00 UTC));
+    let models = ModelSet::load(dir.path()).expect("models");
+    let candidates = catalog.candidates();
+    let mut rows = Vec::new();
+    models.space().encode_all(
+        candidates
+            .iter()
+            .map(|c| FeatureInput::from_parts(&request, c, &ctx)),
+        &mut rows,
+    );
+    let mut mixed = Vec::new();
+    models.space().encode_all(
+        records
+            .iter()
+            .skip(1000)
+            .take(256)
+            .map(FeatureInput::from_record),
+        &mut mixed,
+    );
+    Fixture {
+        mixed,
+        models_dir: dir.path().to_path_buf(),
+        _dir: dir,
+        request,
+        ctx,
+        rows,
+    }
+}
+
+fn per_candidate(c: &mut Criterion, fx: &Fixture) {
+    let models = ModelSet::load(&fx.models_dir).expect("models");
+    let natives: Vec<&NativeModel> = ModelRole::ALL.iter().map(|r| models.model(*r)).collect();
+    let boosters: Vec<Booster> = ModelRole::ALL
+        .iter()
+        .map(|role| {
+            let text =
+                std::fs::read_to_string(fx.models_dir.join(role.file_name())).expect("model");
+            Booster::from_string(&text).expect("booster")
+        })
+        .collect();
+    let mut scratch = EvalScratch::default();
+    let mut out = vec![0.0; 256];
+
+    // Throughput is per candidate and model: 4 models x rows.
+    let mut g = c.benchmark_group("per_candidate");
+    let single = &fx.rows[..N_FEATURES];
+    for (name, rows) in [
+        ("one_request_256", &fx.rows[..]),
+        ("mixed_256", &fx.mixed[..]),
+        ("single_row", single),
+    ] {
+        let n = rows.len() / N_FEATURES;
+        g.throughput(Throughput::Elements(4 * n as u64));
+        g.bench_function(format!("native/{name}"), |b| {
+            b.iter(|| {
+                for model in &natives {
+                    model
+                        .predict_batch_into(&mut scratch, black_box(rows), &mut out[..n])
+                        .expect("predict");
+                }
+            })
+        });
+        g.bench_function(format!("lightgbm3/{name}"), |b| {
+            b.iter(|| {
+                for booster in &boosters {
+                    black_box(
+                        booster
+                            .predict_with_params(
+                                black_box(rows),
+                                N_FEATURES as i32,
+                                true,
+                                "num_threads=1",
+                            )
+                            .expect("predict"),
+                    );
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn routers(fx: &Fixture) -> Vec<(usize, Router)> {
+    SIZES
+        .iter()
+        .map(|&n| {
+            let models = ModelSet::load(&fx.models_dir).expect("models");
+            (n, Router::new(&catalog_with(n), models))
+        })
+        .collect()
+}
+
+fn decisions(c: &mut Criterion, fx: &Fixture) {
+    let mut g = c.benchmark_group("decision");
+    for (n, router) in routers(fx) {
+        let mut scratch = Scratch::with_capacity(n);
+        let d = router
+            .decide_with(&mut scratch, &fx.request, &fx.ctx, &|_| None)
+            .expect("decision");
+        assert_eq!(d.n_candidates, n);
+        println!(
+            "decision/{n}: {} feasible of {}",
+            d.n_feasible, d.n_candidates
+        );
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                router
+                    .decide_with(&mut scratch, black_box(&fx.request), &fx.ctx, &|_| None)
+                    .expect("decision")
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Custom timing loop (not criterion): p50 and p99 of whole decisions.
+fn decision_percentiles(fx: &Fixture) {
+    const ITERATIONS: usize = 5_000;
+    println!(
+        "custom timing loop (not criterion): Router::decide_with, {ITERATIONS} iterations after 500 warm-up"
+    );
+    for (n, router) in routers(fx) {
+        let mut scratch = Scratch::with_capacity(n);
+        let mut times: Vec<Duration> = Vec::with_capacity(ITERATIONS);
+        for i in 0..ITERATIONS + 500 {
+            let start = Instant::now();
+            let d = router
+                .decide_with(&mut scratch, black_box(&fx.request), &fx.ctx, &|_| None)
+                .expect("decision");
+            let elapsed = start.elapsed();
+            black_box(d);
+            if i >= 500 {
+                times.push(elapsed);
+            }
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "decision/{n} candidates x 4 models: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            at(0.50).as_secs_f64() * 1e6,
+            at(0.99).as_secs_f64() * 1e6,
+            times[times.len() - 1].as_secs_f64() * 1e6
+        );
+    }
+}
+
+fn main() {
+    let fx = fixture();
+    let mut c = Criterion::default().configure_from_args();
+    per_candidate(&mut c, &fx);
+    decisions(&mut c, &fx);
+    c.final_summary();
+    decision_percentiles(&fx);
+}

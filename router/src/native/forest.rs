@@ -1,0 +1,720 @@
+//! The flat, struct-of-arrays layout of a forest and its batch evaluation kernel.
+//!
+//! All trees of a model share one set of node arrays, numbered tree by tree in depth-first
+//! pre-order so a root-to-leaf walk moves forward through memory. A child is a node index
+//! (`>= 0`) or `!leaf` (`< 0`), with leaves numbered across the whole model into `leaf_value`.
+//! LightGBM's per-node rules are folded into the node at load time so that every node —
+//! numerical or categorical, whatever its missing type — is evaluated by the same branch-free
+//! step:
+//!
+//! * `NumericalDecision` (include/LightGBM/tree.h): with missing type `None` a NaN becomes 0.0,
+//!   so NaN goes where 0.0 goes; with `NaN` it goes to the default child; with `Zero` NaN and
+//!   `|v| <= kZeroThreshold` go to the default child and everything else compares.
+//! * The C API turns every input with `|v| <= kZeroThreshold` into 0.0 before prediction
+//!   (`RowPairFunctionFromDenseMatrix`); thresholds in `[-kZeroThreshold, kZeroThreshold)`
+//!   are moved so that comparing the raw value gives the same branch.
+//! * `CategoricalDecision`: NaN and negative values go right; otherwise `(int)v` is looked up
+//!   in the node's bitset (`cat_threshold[cat_boundaries[i]..cat_boundaries[i + 1]]`). A
+//!   feature is categorical for all its splits (LightGBM bins it that way), so before a batch
+//!   is evaluated its categorical columns are replaced by the category code, computed once per
+//!   value instead of at every node.
+//!
+//! A batch is evaluated tree by tree over blocks of rows (see [`block`]): each tree adds its
+//! output to every row's `f64` sum before the next tree does, so every row sums its trees in
+//! tree order, as `GBDT::PredictRaw` does. Features that are constant over a batch (the
+//! request's features when the rows are the candidates of one request) are folded first:
+//! nodes on them are resolved once per batch, and rows meet only the nodes that tell them
+//! apart.
+
+mod block;
+
+use super::text::RawTree;
+
+/// `kZeroThreshold` of include/LightGBM/meta.h: the float literal `1e-35f` widened to double.
+pub(crate) const K_ZERO_THRESHOLD: f64 = 1e-35_f32 as f64;
+
+/// Batches up to this many rows are evaluated row by row; larger ones in row-set blocks.
+const SMALL_BATCH: usize = 32;
+/// Category code of NaN, negative and out-of-range values: in no bitset.
+const NO_CATEGORY: u32 = u32::MAX;
+
+/// `kind` bit: a NaN goes to the left child; for missing type `Zero`, the default is left.
+const NAN_LEFT: u8 = 1;
+/// `kind` bit: missing type `Zero` — NaN and `|v| <= kZeroThreshold` go to the default child.
+const ZERO: u8 = 2;
+/// `kind` bit: categorical split; `cat_start`/`cat_len` locate its bitset in `cat_words`.
+const CATEGORICAL: u8 = 4;
+
+/// One tree: where its walk starts and whether its leaves are linear models.
+#[derive(Debug, Clone, Copy)]
+struct TreeRoot {
+    /// Node index of the root, or `!leaf` for a single-leaf tree.
+    root: i32,
+    /// Number of internal nodes; they are `root..root + size`, in pre-order.
+    size: u32,
+    /// Index into `Forest::linear` when the tree has linear leaves.
+    linear: Option<u32>,
+}
+
+/// The linear models of one tree's leaves (`linear_tree=true`).
+#[derive(Debug, Clone)]
+struct LinearTree {
+    /// Global index of the tree's first leaf.
+    first_leaf: usize,
+    leaf_const: Vec<f64>,
+    terms: Vec<Vec<(usize, f64)>>,
+}
+
+/// Internal nodes in struct-of-arrays form: a model's own, or a batch's folded copy.
+#[derive(Debug, Clone, Default)]
+struct Nodes {
+    feature: Vec<u32>,
+    /// NaN for categorical nodes, so the comparison never sends a row left.
+    threshold: Vec<f64>,
+    kind: Vec<u8>,
+    left: Vec<i32>,
+    right: Vec<i32>,
+    /// Start of a categorical node's bitset in `Forest::cat_words` (0 for numerical nodes).
+    cat_start: Vec<u32>,
+    /// Length in words of a categorical node's bitset (0 for numerical nodes).
+    cat_len: Vec<u32>,
+}
+
+impl Nodes {
+    fn len(&self) -> usize {
+        self.feature.len()
+    }
+
+    fn clear(&mut self) {
+        self.feature.clear();
+        self.threshold.clear();
+        self.kind.clear();
+        self.left.clear();
+        self.right.clear();
+        self.cat_start.clear();
+        self.cat_len.clear();
+    }
+
+    /// Appends a copy of node `i` of `from` with the given children.
+    fn push_copy(&mut self, from: &Nodes, i: usize, left: i32, right: i32) {
+        self.feature.push(from.feature[i]);
+        self.threshold.push(from.threshold[i]);
+        self.kind.push(from.kind[i]);
+        self.left.push(left);
+        self.right.push(right);
+        self.cat_start.push(from.cat_start[i]);
+        self.cat_len.push(from.cat_len[i]);
+    }
+
+    /// Whether a prepared value `v` (see [`Forest::prepare_row`]) goes to the left child of
+    /// node `i`.
+    #[inline(always)]
+    fn goes_left(&self, i: usize, v: f64, cat_words: &[u32]) -> bool {
+        let kind = self.kind[i];
+        let nan_left = kind & NAN_LEFT != 0;
+        if kind & CATEGORICAL != 0 {
+            // The category code is in the low bits; NO_CATEGORY is beyond every bitset.
+            let code = v.to_bits() as u32;
+            let word = code >> 5;
+            word < self.cat_len[i]
+                && (cat_words[(self.cat_start[i] + word) as usize] >> (code & 31)) & 1 == 1
+        } else if kind & ZERO != 0 && (v.is_nan() || v.abs() <= K_ZERO_THRESHOLD) {
+            nan_left
+        } else {
+            (v <= self.threshold[i]) | (v.is_nan() & nan_left)
+        }
+    }
+
+    /// The child of node `i` that a prepared row `x` goes to.
+    #[inline(always)]
+    fn step(&self, i: usize, x: &[f64], cat_words: &[u32]) -> i32 {
+        if self.goes_left(i, x[self.feature[i] as usize], cat_words) {
+            self.left[i]
+        } else {
+            self.right[i]
+        }
+    }
+
+    /// The leaf (`!leaf`) a prepared row reaches from `root`.
+    #[inline(always)]
+    fn leaf_of(&self, root: i32, x: &[f64], cat_words: &[u32]) -> i32 {
+        let mut n = root;
+        while n >= 0 {
+            n = self.step(n as usize, x, cat_words);
+        }
+        n
+    }
+}
+
+/// Reusable buffers for batch prediction (see [`crate::NativeModel::predict_batch_into`]):
+/// the folded forest and the column blocks of the current batch. One per worker; never
+/// shared.
+#[derive(Debug, Clone, Default)]
+pub struct EvalScratch {
+    /// Prepared rows (see [`Forest::prepare`]): row 0 for folding, or the whole batch when
+    /// it is walked row by row.
+    x: Vec<f64>,
+    /// Per feature: whether every row has the same value (same bits).
+    constant: Vec<bool>,
+    folded: Folded,
+    block: block::BlockScratch,
+}
+
+/// The folded forest of a batch.
+#[derive(Debug, Clone, Default)]
+struct Folded {
+    /// Per tree: root of its folded copy (node index into `nodes` or `!leaf`) and its number
+    /// of internal nodes.
+    roots: Vec<(i32, u32)>,
+    nodes: Nodes,
+    /// (original node, folded parent, is right child) still to copy.
+    stack: Vec<(i32, u32, bool)>,
+}
+
+/// Why a forest cannot be laid out.
+#[derive(Debug)]
+pub(crate) enum BuildError {
+    /// Too many nodes, leaves or bitset words for 32-bit indices.
+    TooLarge,
+    /// A feature is split on both as a number and as a category.
+    MixedFeature(u32),
+}
+
+/// A forest in struct-of-arrays form.
+#[derive(Debug, Clone)]
+pub(crate) struct Forest {
+    n_features: usize,
+    /// Per feature: whether its splits are categorical.
+    categorical: Vec<bool>,
+    trees: Vec<TreeRoot>,
+    nodes: Nodes,
+    /// Every categorical bitset.
+    cat_words: Vec<u32>,
+    leaf_value: Vec<f64>,
+    linear: Vec<LinearTree>,
+}
+
+impl Forest {
+    /// Lays out validated trees (see `text::parse_model`).
+    pub(crate) fn build(n_features: usize, trees: &[RawTree]) -> Result<Self, BuildError> {
+        let n_nodes: usize = trees.iter().map(|t| t.num_leaves - 1).sum();
+        let n_leaves: usize = trees.iter().map(|t| t.num_leaves).sum();
+        let n_words: usize = trees.iter().map(|t| t.cat_threshold.len()).sum();
+        if i32::try_from(n_nodes).is_err()
+            || i32::try_from(n_leaves).is_err()
+            || u32::try_from(n_words).is_err()
+        {
+            return Err(BuildError::TooLarge);
+        }
+        let mut f = Forest {
+            n_features,
+            categorical: vec![false; n_features],
+            trees: Vec::with_capacity(trees.len()),
+            nodes: Nodes::default(),
+            cat_words: Vec::with_capacity(n_words),
+            leaf_value: Vec::with_capacity(n_leaves),
+            linear: Vec::new(),
+        };
+        for tree in trees {
+            let first_leaf = f.leaf_value.len();
+            f.leaf_value.extend_from_slice(&tree.leaf_value);
+            let cat_base = f.cat_words.len();
+            f.cat_words.extend_from_slice(&tree.cat_threshold);
+            let linear = tree.linear.as_ref().map(|l| {
+                f.linear.push(LinearTree {
+                    first_leaf,
+                    leaf_const: l.leaf_const.clone(),
+                    terms: l.terms.clone(),
+                });
+                (f.linear.len() - 1) as u32
+            });
+            let root = if tree.num_leaves == 1 {
+                !(first_leaf as i32)
+            } else {
+                f.push_subtree(tree, first_leaf, cat_base)
+            };
+            f.trees.push(TreeRoot {
+                root,
+                size: (tree.num_leaves - 1) as u32,
+                linear,
+            });
+        }
+        let mut numerical = vec![false; n_features];
+        for (&feature, &kind) in f.nodes.feature.iter().zip(&f.nodes.kind) {
+            let slot = if kind & CATEGORICAL != 0 {
+                &mut f.categorical[feature as usize]
+            } else {
+                &mut numerical[feature as usize]
+            };
+            *slot = true;
+        }
+        if let Some(feature) = (0..n_features).find(|&i| f.categorical[i] && numerical[i]) {
+            return Err(BuildError::MixedFeature(feature as u32));
+        }
+        Ok(f)
+    }
+
+    /// Appends the internal nodes of `tree` in pre-order; returns the root's index.
+    fn push_subtree(&mut self, tree: &RawTree, first_leaf: usize, cat_base: usize) -> i32 {
+        let root = self.nodes.len() as i32;
+        // (LightGBM node, our parent node and whether we are its right child).
+        let mut stack: Vec<(usize, Option<(usize, bool)>)> = vec![(0, None)];
+        let child = |c: i32| -> i32 {
+            if c < 0 {
+                !((first_leaf + !c as usize) as i32)
+            } else {
+                0 // placeholder, overwritten when the child is pushed
+            }
+        };
+        while let Some((node, parent)) = stack.pop() {
+            let at = self.nodes.len();
+            if let Some((p, is_right)) = parent {
+                if is_right {
+                    self.nodes.right[p] = at as i32;
+                } else {
+                    self.nodes.left[p] = at as i32;
+                }
+            }
+            let (l, r) = (tree.left_child[node], tree.right_child[node]);
+            self.push_node(tree, node, cat_base, child(l), child(r));
+            // Pre-order with the left subtree first: push right, then left.
+            if r >= 0 {
+                stack.push((r as usize, Some((at, true))));
+            }
+            if l >= 0 {
+                stack.push((l as usize, Some((at, false))));
+            }
+        }
+        root
+    }
+
+    fn push_node(&mut self, tree: &RawTree, node: usize, cat_base: usize, left: i32, right: i32) {
+        let n = &mut self.nodes;
+        let dt = tree.decision_type[node];
+        let t = tree.threshold[node];
+        n.feature.push(tree.split_feature[node] as u32);
+        n.left.push(left);
+        n.right.push(right);
+        let default_left = dt & 2 != 0;
+        if dt & 1 != 0 {
+            let cat_idx = t as usize; // static_cast<int>; range checked by the parser
+            let start = tree.cat_boundaries[cat_idx];
+            let end = tree.cat_boundaries[cat_idx + 1];
+            n.kind.push(CATEGORICAL);
+            n.threshold.push(f64::NAN);
+            n.cat_start.push((cat_base + start) as u32);
+            n.cat_len.push((end - start) as u32);
+            return;
+        }
+        n.cat_start.push(0);
+        n.cat_len.push(0);
+        match (dt >> 2) & 3 {
+            // Zero: NaN and (near-)zero go to the default child, the rest compares raw values
+            // that are all outside [-kZeroThreshold, kZeroThreshold].
+            1 => {
+                n.kind.push(ZERO | if default_left { NAN_LEFT } else { 0 });
+                n.threshold.push(t);
+            }
+            // NaN: NaN goes to the default child.
+            2 => {
+                n.kind.push(if default_left { NAN_LEFT } else { 0 });
+                n.threshold.push(raw_threshold(t));
+            }
+            // None: NaN is replaced by 0.0, which goes left when 0.0 <= threshold.
+            _ => {
+                n.kind.push(if 0.0 <= t { NAN_LEFT } else { 0 });
+                n.threshold.push(raw_threshold(t));
+            }
+        }
+    }
+
+    pub(crate) fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    pub(crate) fn num_trees(&self) -> usize {
+        self.trees.len()
+    }
+
+    /// Sets `out[r]` to the raw score (sum of tree outputs) of row `r` of the row-major
+    /// matrix `rows`, folding the features that are constant over the batch first when there
+    /// are several rows. Requires `rows.len() == out.len() * n_features`.
+    pub(crate) fn raw_scores(&self, scratch: &mut EvalScratch, rows: &[f64], out: &mut [f64]) {
+        debug_assert_eq!(rows.len(), out.len() * self.n_features);
+        out.fill(0.0);
+        let Some(row0) = rows.get(..self.n_features) else {
+            return;
+        };
+        let EvalScratch {
+            x,
+            constant,
+            folded,
+            block,
+        } = scratch;
+        if out.len() == 1 {
+            self.prepare_rows(row0, x);
+            let trees = self.trees.iter().map(|t| (t.root, t.linear));
+            self.walk_rows(&self.nodes, trees, x, rows, out);
+            return;
+        }
+        let fold = self.find_constant_features(rows, constant);
+        if fold {
+            self.prepare_rows(row0, x);
+            self.fold(folded, constant, x);
+        }
+        let (nodes, roots): (&Nodes, &[(i32, u32)]) = if fold {
+            (&folded.nodes, &folded.roots)
+        } else {
+            (&self.nodes, &[])
+        };
+        let tree = |i: usize, t: &TreeRoot| match roots.get(i) {
+            Some((root, size)) => (*root, *size, t.linear),
+            None => (t.root, t.size, t.linear),
+        };
+        if out.len() <= SMALL_BATCH {
+            // Few rows: walking each of them costs less than setting up row sets.
+            self.prepare_rows(rows, x);
+            let trees = self.trees.iter().enumerate().map(|(i, t)| {
+                let (root, _, linear) = tree(i, t);
+                (root, linear)
+            });
+            self.walk_rows(nodes, trees, x, rows, out);
+        } else {
+            let trees = self.trees.iter().enumerate().map(|(i, t)| tree(i, t));
+            self.evaluate_blocks(block, nodes, trees, constant, rows, out);
+        }
+    }
+
+    /// Adds the outputs of `trees` (root, linear model) to `out`, walking every prepared row
+    /// of `x` from the root to its leaf, tree by tree.
+    fn walk_rows(
+        &self,
+        nodes: &Nodes,
+        trees: impl Iterator<Item = (i32, Option<u32>)>,
+        x: &[f64],
+        rows: &[f64],
+        out: &mut [f64],
+    ) {
+        let nf = self.n_features;
+        for (root, linear) in trees {
+            for ((rx, row), o) in x.chunks_exact(nf).zip(rows.chunks_exact(nf)).zip(&mut *out) {
+                let leaf = nodes.leaf_of(root, rx, &self.cat_words);
+                *o += self.leaf_output(linear, !leaf as usize, row);
+            }
+        }
+    }
+
+    /// The value nodes see for feature `f`: for categorical features the category code
+    /// (`(int)v`, or [`NO_CATEGORY`] for NaN, negative and out-of-range values) in the low
+    /// 32 bits; numerical values as they are.
+    #[inline(always)]
+    fn prepare(&self, f: usize, v: f64) -> f64 {
+        if !self.categorical[f] {
+            return v;
+        }
+        // `as` truncates toward zero like static_cast<int>; NaN maps to 0 and values beyond
+        // i32 saturate, where C++ gives INT_MIN: all of these are no category.
+        let category = v as i32;
+        let code = if v.is_nan() || category < 0 || category == i32::MAX {
+            NO_CATEGORY
+        } else {
+            category as u32
+        };
+        f64::from_bits(u64::from(code))
+    }
+
+    /// Copies rows with their categorical values replaced by category codes.
+    fn prepare_rows(&self, rows: &[f64], x: &mut Vec<f64>) {
+        let nf = self.n_features;
+        x.clear();
+        x.extend(
+            rows.iter()
+                .enumerate()
+                .map(|(i, v)| self.prepare(i % nf, *v)),
+        );
+    }
+
+    /// Marks the features whose value is bit-identical in every row; returns whether any is.
+    fn find_constant_features(&self, rows: &[f64], constant: &mut Vec<bool>) -> bool {
+        let nf = self.n_features;
+        let (first, rest) = rows.split_at(nf);
+        constant.clear();
+        constant.resize(nf, true);
+        for row in rest.chunks_exact(nf) {
+            for ((c, a), b) in constant.iter_mut().zip(first).zip(row) {
+                *c &= a.to_bits() == b.to_bits();
+            }
+        }
+        constant.contains(&true)
+    }
+
+    /// Builds the folded forest of a batch whose constant features have the values of the
+    /// prepared row `x` (row 0 of the batch).
+    fn fold(&self, folded: &mut Folded, constant: &[bool], x: &[f64]) {
+        let Folded {
+            roots,
+            nodes,
+            stack,
+        } = folded;
+        roots.clear();
+        nodes.clear();
+        let src = &self.nodes;
+        // Follows nodes on constant features to the first node that depends on the row.
+        let resolve = |mut n: i32| {
+            while n >= 0 && constant[src.feature[n as usize] as usize] {
+                n = src.step(n as usize, x, &self.cat_words);
+            }
+            n
+        };
+        for tree in &self.trees {
+            let root = resolve(tree.root);
+            if root < 0 {
+                roots.push((root, 0));
+                continue;
+            }
+            let start = nodes.len();
+            stack.clear();
+            stack.push((root, u32::MAX, false));
+            while let Some((orig, parent, is_right)) = stack.pop() {
+                let at = nodes.len() as i32;
+                if parent != u32::MAX {
+                    let slot = if is_right {
+                        &mut nodes.right[parent as usize]
+                    } else {
+                        &mut nodes.left[parent as usize]
+                    };
+                    *slot = at;
+                }
+                let i = orig as usize;
+                let (l, r) = (resolve(src.left[i]), resolve(src.right[i]));
+                // Internal children's indices are filled in when they are copied.
+                nodes.push_copy(src, i, l, r);
+                if r >= 0 {
+                    stack.push((r, at as u32, true));
+                }
+                if l >= 0 {
+                    stack.push((l, at as u32, false));
+                }
+            }
+            roots.push((start as i32, (nodes.len() - start) as u32));
+        }
+    }
+
+    /// The output of global leaf `leaf` for the original `row` (`Tree::Predict`).
+    #[inline(always)]
+    fn leaf_output(&self, linear: Option<u32>, leaf: usize, row: &[f64]) -> f64 {
+        match linear {
+            None => self.leaf_value[leaf],
+            Some(l) => self.linear_output(&self.linear[l as usize], leaf, row),
+        }
+    }
+
+    #[inline(never)]
+    fn linear_output(&self, lt: &LinearTree, leaf: usize, row: &[f64]) -> f64 {
+        let local = leaf - lt.first_leaf;
+        let mut output = lt.leaf_const[local];
+        for &(feature, coeff) in &lt.terms[local] {
+            let v = row[feature];
+            if v.is_nan() {
+                return self.leaf_value[leaf];
+            }
+            // The C API hands LightGBM 0.0 for every |v| <= kZeroThreshold.
+            let v = if v.abs() <= K_ZERO_THRESHOLD { 0.0 } else { v };
+            output += coeff * v;
+        }
+        output
+    }
+}
+
+/// A threshold `t'` with `v <= t'` ⇔ `r(v) <= t` for every non-NaN `v`, where `r` maps
+/// `|v| <= kZeroThreshold` to 0.0 as the C API does.
+fn raw_threshold(t: f64) -> f64 {
+    if (0.0..K_ZERO_THRESHOLD).contains(&t) {
+        // r(v) = 0 <= t: every v up to kZeroThreshold goes left.
+        K_ZERO_THRESHOLD
+    } else if (-K_ZERO_THRESHOLD..0.0).contains(&t) {
+        // r(v) = 0 > t: only v below -kZeroThreshold goes left.
+        (-K_ZERO_THRESHOLD).next_down()
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LightGBM's `NumericalDecision` on a C-API-rounded value, written out literally.
+    fn reference_left(v: f64, t: f64, missing: u8, default_left: bool) -> bool {
+        let mut fval = if v.abs() <= K_ZERO_THRESHOLD { 0.0 } else { v };
+        if fval.is_nan() && missing != 2 {
+            fval = 0.0;
+        }
+        let is_zero = (-K_ZERO_THRESHOLD..=K_ZERO_THRESHOLD).contains(&fval);
+        if (missing == 1 && is_zero) || (missing == 2 && fval.is_nan()) {
+            return default_left;
+        }
+        fval <= t
+    }
+
+    fn stump(threshold: f64, decision_type: u8) -> Forest {
+        let tree = RawTree {
+            num_leaves: 2,
+            split_feature: vec![0],
+            threshold: vec![threshold],
+            decision_type: vec![decision_type],
+            left_child: vec![-1],
+            right_child: vec![-2],
+            leaf_value: vec![1.0, 2.0],
+            cat_boundaries: Vec::new(),
+            cat_threshold: Vec::new(),
+            linear: None,
+        };
+        Forest::build(1, &[tree]).expect("small")
+    }
+
+    fn score(forest: &Forest, rows: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; rows.len() / forest.n_features()];
+        forest.raw_scores(&mut EvalScratch::default(), rows, &mut out);
+        out
+    }
+
+    #[test]
+    fn numerical_nodes_match_lightgbm_at_the_edges() {
+        let kz = K_ZERO_THRESHOLD;
+        let values = [
+            f64::NAN,
+            0.0,
+            -0.0,
+            kz,
+            -kz,
+            kz.next_up(),
+            (-kz).next_down(),
+            1e-40,
+            -1e-40,
+            0.5,
+            -0.5,
+            1.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let thresholds = [
+            0.0,
+            -0.0,
+            kz,
+            -kz,
+            kz / 2.0,
+            -kz / 2.0,
+            kz.next_down(),
+            (-kz).next_up(),
+            0.5,
+            -0.5,
+            1.0000000180025095e-35,
+        ];
+        for missing in 0..3u8 {
+            for default_left in [false, true] {
+                let dt = (missing << 2) | if default_left { 2 } else { 0 };
+                for t in thresholds {
+                    let forest = stump(t, dt);
+                    for v in values {
+                        let expected = if reference_left(v, t, missing, default_left) {
+                            1.0
+                        } else {
+                            2.0
+                        };
+                        assert_eq!(
+                            score(&forest, &[v]),
+                            vec![expected],
+                            "v={v:e} t={t:e} missing={missing} default_left={default_left}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn categorical_nodes_check_the_bitset() {
+        // Categories 1 and 33 go left.
+        let tree = RawTree {
+            num_leaves: 2,
+            split_feature: vec![0],
+            threshold: vec![0.0],
+            decision_type: vec![1 | (2 << 2)],
+            left_child: vec![-1],
+            right_child: vec![-2],
+            leaf_value: vec![1.0, 2.0],
+            cat_boundaries: vec![0, 2],
+            cat_threshold: vec![1 << 1, 1 << 1],
+            linear: None,
+        };
+        let forest = Forest::build(1, &[tree]).expect("small");
+        for (v, left) in [
+            (1.0, true),
+            (1.9, true),
+            (33.0, true),
+            (0.0, false),
+            (-0.5, false),
+            (-1.0, false),
+            (2.0, false),
+            (65.0, false),
+            (1e12, false),
+            (f64::NAN, false),
+            (f64::INFINITY, false),
+            (f64::NEG_INFINITY, false),
+        ] {
+            assert_eq!(
+                score(&forest, &[v]),
+                vec![if left { 1.0 } else { 2.0 }],
+                "v={v}"
+            );
+        }
+    }
+
+    #[test]
+    fn lanes_blocks_and_folding_agree_with_single_rows() {
+        // Two features; the second is constant over the batch and gets folded.
+        let tree = RawTree {
+            num_leaves: 3,
+            split_feature: vec![1, 0],
+            threshold: vec![0.5, 0.25],
+            decision_type: vec![2, 2],
+            left_child: vec![1, -1],
+            right_child: vec![-3, -2],
+            leaf_value: vec![1.0, 2.0, 4.0],
+            cat_boundaries: Vec::new(),
+            cat_threshold: Vec::new(),
+            linear: None,
+        };
+        let forest = Forest::build(2, &[tree.clone(), tree]).expect("small");
+        for constant in [0.0, 1.0] {
+            let rows: Vec<f64> = (0..(2 * block::BLOCK + 3))
+                .flat_map(|i| [i as f64 / 500.0, constant])
+                .collect();
+            let batch = score(&forest, &rows);
+            for (row, b) in rows.chunks(2).zip(&batch) {
+                assert_eq!(score(&forest, row), vec![*b]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_feature_split_both_ways_is_rejected() {
+        let tree = RawTree {
+            num_leaves: 3,
+            split_feature: vec![0, 0],
+            threshold: vec![0.0, 0.5],
+            decision_type: vec![1, 2],
+            left_child: vec![-1, -2],
+            right_child: vec![1, -3],
+            leaf_value: vec![1.0, 2.0, 4.0],
+            cat_boundaries: vec![0, 1],
+            cat_threshold: vec![1],
+            linear: None,
+        };
+        assert!(matches!(
+            Forest::build(1, &[tree]),
+            Err(BuildError::MixedFeature(0))
+        ));
+    }
+}
