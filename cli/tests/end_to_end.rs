@@ -1,6 +1,8 @@
 //! End-to-end tests of the `sandstorm` binary: the quickstart, routing, running on real local
 //! backends, and clear errors for bad input. One model set is trained per test binary.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -141,10 +143,10 @@ fn route_json_lists_every_candidate_and_the_winner_meets_every_constraint() {
     let winner = &candidates[0];
     assert_eq!(winner["verdict"]["status"], "winner");
     assert_eq!(winner["candidate"]["id"], d["winner"]);
-    // hello-python: min_isolation namespace, max_latency_ms 5000, optimize_cost.
+    // hello-python: min_isolation namespace, max_latency_ms 10000, optimize_cost.
     let level = winner["candidate"]["backend"].as_str().unwrap();
     assert!(level != "process", "process isolation is below namespace");
-    assert!(winner["prediction"]["latency_p95_ms"].as_f64().unwrap() <= 5000.0);
+    assert!(winner["prediction"]["latency_p95_ms"].as_f64().unwrap() <= 10000.0);
     // optimize_cost: no feasible candidate has a lower expected cost.
     let best = winner["prediction"]["expected_cost_usd"].as_f64().unwrap();
     for c in candidates
