@@ -111,7 +111,11 @@ fn fixture() -> Fixture {
     );
     let mut mixed = Vec::new();
     models.space().encode_all(
-        records.iter().skip(1000).take(256).map(FeatureInput::from_record),
+        records
+            .iter()
+            .skip(1000)
+            .take(256)
+            .map(FeatureInput::from_record),
         &mut mixed,
     );
     Fixture {
@@ -195,7 +199,10 @@ fn decisions(c: &mut Criterion, fx: &Fixture) {
             .decide_with(&mut scratch, &fx.request, &fx.ctx, &|_| None)
             .expect("decision");
         assert_eq!(d.n_candidates, n);
-        println!("decision/{n}: {} feasible of {}", d.n_feasible, d.n_candidates);
+        println!(
+            "decision/{n}: {} feasible of {}",
+            d.n_feasible, d.n_candidates
+        );
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
@@ -211,7 +218,9 @@ fn decisions(c: &mut Criterion, fx: &Fixture) {
 /// Custom timing loop (not criterion): p50 and p99 of whole decisions.
 fn decision_percentiles(fx: &Fixture) {
     const ITERATIONS: usize = 5_000;
-    println!("custom timing loop (not criterion): Router::decide_with, {ITERATIONS} iterations after 500 warm-up");
+    println!(
+        "custom timing loop (not criterion): Router::decide_with, {ITERATIONS} iterations after 500 warm-up"
+    );
     for (n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
         let mut times: Vec<Duration> = Vec::with_capacity(ITERATIONS);

@@ -335,7 +335,10 @@ pub struct CandidateEncoder {
 
 impl CandidateEncoder {
     /// Looks up the levels of `candidates` (kept in this order) in `space`.
-    pub fn new<'c>(space: &FeatureSpace, candidates: impl IntoIterator<Item = &'c Candidate>) -> Self {
+    pub fn new<'c>(
+        space: &FeatureSpace,
+        candidates: impl IntoIterator<Item = &'c Candidate>,
+    ) -> Self {
         let codes = candidates
             .into_iter()
             .map(|c| {

@@ -483,13 +483,13 @@ fn explain(strategy: Strategy, ranked: &[CandidateVerdict], n_feasible: usize) -
         p.latency_p95_ms,
         100.0 * p.failure_prob
     );
-    if let Some(second) = ranked.get(1).filter(|_| n_feasible > 1) {
-        if let Verdict::Fallback { behind_by_pct, .. } = second.verdict {
-            text.push_str(&format!(
-                " Runner-up {} scores {behind_by_pct:.0}% worse.",
-                second.candidate.id
-            ));
-        }
+    if let Some(second) = ranked.get(1).filter(|_| n_feasible > 1)
+        && let Verdict::Fallback { behind_by_pct, .. } = second.verdict
+    {
+        text.push_str(&format!(
+            " Runner-up {} scores {behind_by_pct:.0}% worse.",
+            second.candidate.id
+        ));
     }
     let binding = binding_constraints(&ranked[n_feasible..]);
     if !binding.is_empty() {

@@ -87,7 +87,11 @@ impl ModelSet {
                     model.n_features()
                 )));
             }
-            tracing::debug!(role = role.as_str(), trees = model.num_trees(), "loaded model");
+            tracing::debug!(
+                role = role.as_str(),
+                trees = model.num_trees(),
+                "loaded model"
+            );
             models.push(model);
         }
         let models: [NativeModel; 4] = models

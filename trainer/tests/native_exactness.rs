@@ -236,9 +236,15 @@ fn numerical_thresholds(text: &str) -> Vec<(usize, f64)> {
     let mut thresholds: Vec<f64> = Vec::new();
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("split_feature=") {
-            features = v.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+            features = v
+                .split_whitespace()
+                .filter_map(|t| t.parse().ok())
+                .collect();
         } else if let Some(v) = line.strip_prefix("threshold=") {
-            thresholds = v.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+            thresholds = v
+                .split_whitespace()
+                .filter_map(|t| t.parse().ok())
+                .collect();
         } else if let Some(v) = line.strip_prefix("decision_type=") {
             for ((f, t), dt) in features
                 .iter()
@@ -509,7 +515,10 @@ fn fixed_cases_cover_every_split_kind() {
             }
             if let Some(v) = line.strip_prefix("cat_boundaries=") {
                 // A bitset of more than one word (categories >= 32).
-                let b: Vec<usize> = v.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+                let b: Vec<usize> = v
+                    .split_whitespace()
+                    .filter_map(|t| t.parse().ok())
+                    .collect();
                 if b.windows(2).any(|w| w[1] - w[0] > 1) {
                     kinds.insert(101);
                 }
@@ -521,7 +530,10 @@ fn fixed_cases_cover_every_split_kind() {
         }
     }
     // Categorical, numerical missing None / Zero / NaN, linear leaves, multi-word bitsets.
-    assert!(kinds.iter().any(|k| k & 1 == 1), "no categorical split: {kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k & 1 == 1),
+        "no categorical split: {kinds:?}"
+    );
     for missing in 0..3u8 {
         assert!(
             kinds.iter().any(|k| k & 1 == 0 && (k >> 2) & 3 == missing),
@@ -529,7 +541,10 @@ fn fixed_cases_cover_every_split_kind() {
         );
     }
     assert!(kinds.contains(&100), "no linear tree: {kinds:?}");
-    assert!(kinds.contains(&101), "no multi-word category bitset: {kinds:?}");
+    assert!(
+        kinds.contains(&101),
+        "no multi-word category bitset: {kinds:?}"
+    );
 }
 
 /// The four models `train_records` writes, native against LightGBM on encoded telemetry rows

@@ -112,7 +112,7 @@ impl NativeModel {
 
     fn n_rows(&self, rows: &[f64]) -> Result<usize, RouterError> {
         let nf = self.n_features();
-        if rows.len() % nf != 0 {
+        if !rows.len().is_multiple_of(nf) {
             return Err(RouterError::Prediction(format!(
                 "{} values are not whole rows of {nf} features",
                 rows.len()
@@ -184,7 +184,10 @@ mod tests {
     fn rejects_bad_models_with_clear_errors() {
         let cases = [
             ("nonsense".to_owned(), "not a lightgbm text model"),
-            (model("multiclass num_class:3", TWO_TREES), "unsupported objective"),
+            (
+                model("multiclass num_class:3", TWO_TREES),
+                "unsupported objective",
+            ),
             (
                 model("regression", TWO_TREES).replace("num_class=1", "num_class=3"),
                 "num_class=3",
@@ -206,7 +209,8 @@ mod tests {
                 "feature 7",
             ),
             (
-                model("regression", TWO_TREES).replace("leaf_value=0.25 -0.5 1.5", "leaf_value=0.25"),
+                model("regression", TWO_TREES)
+                    .replace("leaf_value=0.25 -0.5 1.5", "leaf_value=0.25"),
                 "`leaf_value` holds 1 values, expected 3",
             ),
             (
@@ -214,15 +218,15 @@ mod tests {
                 "bitset 4",
             ),
             (
-                model("regression", TWO_TREES)
-                    .replace("objective=regression\n", "average_output\nobjective=regression\n"),
+                model("regression", TWO_TREES).replace(
+                    "objective=regression\n",
+                    "average_output\nobjective=regression\n",
+                ),
                 "average_output",
             ),
         ];
         for (text, needle) in cases {
-            let err = NativeModel::from_text(&text)
-                .expect_err(needle)
-                .to_string();
+            let err = NativeModel::from_text(&text).expect_err(needle).to_string();
             assert!(err.contains(needle), "expected `{needle}` in `{err}`");
         }
     }

@@ -118,7 +118,8 @@ pub(crate) fn lightgbm_atof(text: &str) -> f64 {
         Some(b'+') => p += 1,
         _ => {}
     }
-    let is_number = matches!(b.get(p), Some(c) if c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E'));
+    let is_number =
+        matches!(b.get(p), Some(c) if c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E'));
     if !is_number {
         let word = text[p..].to_ascii_lowercase();
         return match word.trim_end() {
@@ -201,7 +202,10 @@ mod tests {
     #[test]
     fn unknown_and_invalid_objectives_are_rejected_clearly() {
         for (objective, needle) in [
-            ("multiclass num_class:3", "unsupported objective `multiclass`"),
+            (
+                "multiclass num_class:3",
+                "unsupported objective `multiclass`",
+            ),
             ("lambdarank", "unsupported objective `lambdarank`"),
             ("", "objective line is empty"),
             ("binary", "no `sigmoid:` parameter"),

@@ -44,6 +44,9 @@ pub(crate) struct RawLinear {
     pub(crate) terms: Vec<Vec<(usize, f64)>>,
 }
 
+/// More features than any model here has; a larger `max_feature_idx` means a corrupt file.
+const MAX_FEATURES: usize = 1 << 20;
+
 fn bad(message: impl Into<String>) -> RouterError {
     RouterError::ModelText(message.into())
 }
@@ -62,7 +65,7 @@ pub(crate) fn parse_model(text: &str) -> Result<(Header, Vec<RawTree>), RouterEr
         }
         lines.next();
     }
-    if header.get("tree").is_none() && header.get("version").is_none() {
+    if !header.contains_key("tree") && !header.contains_key("version") {
         return Err(bad(
             "not a lightgbm text model (no `tree` or `version=` header line)",
         ));
@@ -98,7 +101,7 @@ pub(crate) fn parse_model(text: &str) -> Result<(Header, Vec<RawTree>), RouterEr
     let max_feature_idx = int("max_feature_idx")?;
     let n_features = usize::try_from(max_feature_idx + 1)
         .ok()
-        .filter(|n| *n > 0)
+        .filter(|n| (1..=MAX_FEATURES).contains(n))
         .ok_or_else(|| bad(format!("max_feature_idx={max_feature_idx} is out of range")))?;
     let objective = header
         .get("objective")
@@ -118,7 +121,9 @@ pub(crate) fn parse_model(text: &str) -> Result<(Header, Vec<RawTree>), RouterEr
             continue;
         }
         let Some(index) = line.strip_prefix("Tree=") else {
-            return Err(bad(format!("expected `Tree=` or `end of trees`, found `{line}`")));
+            return Err(bad(format!(
+                "expected `Tree=` or `end of trees`, found `{line}`"
+            )));
         };
         if index.trim().parse::<usize>() != Ok(trees.len()) {
             return Err(bad(format!(
@@ -131,9 +136,12 @@ pub(crate) fn parse_model(text: &str) -> Result<(Header, Vec<RawTree>), RouterEr
             if field.is_empty() || field.starts_with("Tree=") || *field == "end of trees" {
                 break;
             }
-            let (key, value) = field
-                .split_once('=')
-                .ok_or_else(|| bad(format!("tree {}: line `{field}` is not key=value", trees.len())))?;
+            let (key, value) = field.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "tree {}: line `{field}` is not key=value",
+                    trees.len()
+                ))
+            })?;
             fields.insert(key, value);
             lines.next();
         }
@@ -174,8 +182,11 @@ fn array<T: FromStr>(
     let values = text
         .split_ascii_whitespace()
         .map(|t| {
-            t.parse::<T>()
-                .map_err(|_| bad(format!("`{key}` holds `{t}`, not a number of the right type")))
+            t.parse::<T>().map_err(|_| {
+                bad(format!(
+                    "`{key}` holds `{t}`, not a number of the right type"
+                ))
+            })
         })
         .collect::<Result<Vec<T>, _>>()?;
     if values.len() != len {
@@ -199,7 +210,8 @@ fn scalar<T: FromStr>(fields: &HashMap<&str, &str>, key: &str) -> Result<Option<
 }
 
 fn parse_tree(fields: &HashMap<&str, &str>, n_features: usize) -> Result<RawTree, RouterError> {
-    let num_leaves: usize = scalar(fields, "num_leaves")?.ok_or_else(|| bad("no `num_leaves=` line"))?;
+    let num_leaves: usize =
+        scalar(fields, "num_leaves")?.ok_or_else(|| bad("no `num_leaves=` line"))?;
     if num_leaves == 0 {
         return Err(bad("num_leaves is 0"));
     }

@@ -59,7 +59,11 @@ fn for_each_run(s: &RowSet, mut f: impl FnMut(std::ops::Range<usize>)) {
             let len = (bits >> start).trailing_ones();
             let end = start + len;
             f(w * 64 + start as usize..w * 64 + end as usize);
-            bits = if end == 64 { 0 } else { bits & (u64::MAX << end) };
+            bits = if end == 64 {
+                0
+            } else {
+                bits & (u64::MAX << end)
+            };
         }
     }
 }
@@ -79,6 +83,10 @@ fn for_each_row(s: &RowSet, mut f: impl FnMut(usize)) {
 /// The rows `r < len` (of a column) whose value goes left at a numerical node without
 /// missing type `Zero`: `v <= t`, or NaN when NaN goes left.
 #[inline(always)]
+#[expect(
+    clippy::neg_cmp_op_on_partial_ord,
+    reason = "`!(v > t)` is meant to be true for NaN"
+)]
 fn compare_column(col: &[f64], t: f64, nan_left: bool) -> RowSet {
     let mut out = [0u64; WORDS];
     for (word, chunk) in out.iter_mut().zip(col.chunks(64)) {
