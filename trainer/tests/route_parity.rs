@@ -8,12 +8,12 @@
 
 use std::path::Path;
 
-use sandstorm_features::{Catalog, DecisionContext, RunRequest};
+use sandstorm_features::{Candidate, Catalog, DecisionContext, ProviderKind, RunRequest};
 use sandstorm_router::{Decision, Evaluator, ModelSet, Router, Scratch};
 use time::macros::datetime;
 
-/// Says why a candidate cannot run here, as `Router::decide` takes it.
-type Unavailable = dyn Fn(&sandstorm_features::Candidate) -> Option<String>;
+/// Why a candidate is unavailable, if it is.
+type Availability<'a> = &'a dyn Fn(&Candidate) -> Option<String>;
 
 fn summary(d: &Decision) -> Vec<String> {
     d.candidates
@@ -80,12 +80,11 @@ fn native_and_lightgbm_rank_every_example_identically() {
         ] {
             let ctx = DecisionContext::at(now);
             // Every candidate available, and the local ones only (as on a bare host).
-            let all = |_: &sandstorm_features::Candidate| None;
-            let remote_only = |c: &sandstorm_features::Candidate| {
-                (c.provider_kind == sandstorm_features::ProviderKind::Local)
-                    .then(|| "not on this host".to_owned())
+            let all = |_: &Candidate| None;
+            let remote_only = |c: &Candidate| {
+                (c.provider_kind == ProviderKind::Local).then(|| "not on this host".to_owned())
             };
-            let filters: [&Unavailable; 2] = [&all, &remote_only];
+            let filters: [Availability<'_>; 2] = [&all, &remote_only];
             for unavailable in filters {
                 let a = native.decide_with(&mut scratch, &request, &ctx, unavailable);
                 let b = reference.decide(&request, &ctx, unavailable);

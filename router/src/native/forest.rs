@@ -3,9 +3,8 @@
 //! All trees of a model share one set of node arrays, numbered tree by tree in depth-first
 //! pre-order so a root-to-leaf walk moves forward through memory. A child is a node index
 //! (`>= 0`) or `!leaf` (`< 0`), with leaves numbered across the whole model into `leaf_value`.
-//! LightGBM's per-node rules are folded into the node at load time so that every node —
-//! numerical or categorical, whatever its missing type — is evaluated by the same branch-free
-//! step:
+//! LightGBM's per-node rules (`decision_type` bits) are turned into a small `kind` code at load
+//! time, so that the common numerical node is one comparison plus a NaN test:
 //!
 //! * `NumericalDecision` (include/LightGBM/tree.h): with missing type `None` a NaN becomes 0.0,
 //!   so NaN goes where 0.0 goes; with `NaN` it goes to the default child; with `Zero` NaN and
@@ -69,7 +68,7 @@ struct LinearTree {
 #[derive(Debug, Clone, Default)]
 struct Nodes {
     feature: Vec<u32>,
-    /// NaN for categorical nodes, so the comparison never sends a row left.
+    /// The threshold raw values compare with (NaN, unused, for categorical nodes).
     threshold: Vec<f64>,
     kind: Vec<u8>,
     left: Vec<i32>,
@@ -106,8 +105,8 @@ impl Nodes {
         self.cat_len.push(from.cat_len[i]);
     }
 
-    /// Whether a prepared value `v` (see [`Forest::prepare_row`]) goes to the left child of
-    /// node `i`.
+    /// Whether a prepared value `v` (see [`Forest::prepare`]) goes to the left child of node
+    /// `i`.
     #[inline(always)]
     fn goes_left(&self, i: usize, v: f64, cat_words: &[u32]) -> bool {
         let kind = self.kind[i];

@@ -44,6 +44,9 @@ pub(crate) struct RawLinear {
     pub(crate) terms: Vec<Vec<(usize, f64)>>,
 }
 
+/// More features than any model here has; a larger `max_feature_idx` means a corrupt file.
+const MAX_FEATURES: usize = 1 << 20;
+
 fn bad(message: impl Into<String>) -> RouterError {
     RouterError::ModelText(message.into())
 }
@@ -98,7 +101,7 @@ pub(crate) fn parse_model(text: &str) -> Result<(Header, Vec<RawTree>), RouterEr
     let max_feature_idx = int("max_feature_idx")?;
     let n_features = usize::try_from(max_feature_idx + 1)
         .ok()
-        .filter(|n| *n > 0)
+        .filter(|n| (1..=MAX_FEATURES).contains(n))
         .ok_or_else(|| bad(format!("max_feature_idx={max_feature_idx} is out of range")))?;
     let objective = header
         .get("objective")

@@ -83,13 +83,17 @@ fn for_each_row(s: &RowSet, mut f: impl FnMut(usize)) {
 /// The rows `r < len` (of a column) whose value goes left at a numerical node without
 /// missing type `Zero`: `v <= t`, or NaN when NaN goes left.
 #[inline(always)]
+#[expect(
+    clippy::neg_cmp_op_on_partial_ord,
+    reason = "`!(v > t)` is meant to be true for NaN"
+)]
 fn compare_column(col: &[f64], t: f64, nan_left: bool) -> RowSet {
     let mut out = [0u64; WORDS];
     for (word, chunk) in out.iter_mut().zip(col.chunks(64)) {
         let mut bits = 0u64;
         if nan_left {
             for (j, v) in chunk.iter().enumerate() {
-                bits |= u64::from(*v <= t || v.is_nan()) << j;
+                bits |= u64::from(!(*v > t)) << j;
             }
         } else {
             for (j, v) in chunk.iter().enumerate() {
