@@ -25,6 +25,19 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("spawn sandstorm")
 }
 
+/// `sandstorm route` of `request` with the shared trained models, plus `extra` arguments.
+fn route_with_models(request: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "route",
+        "--models",
+        models().to_str().unwrap(),
+        "--request",
+        request.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -114,14 +127,7 @@ print(len(rows), ",".join(statuses))
 #[test]
 fn route_json_lists_every_candidate_and_the_winner_meets_every_constraint() {
     let req = repo("examples/requests/hello-python.yaml");
-    let o = run(&[
-        "route",
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = route_with_models(&req, &["--json"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let d: Value = serde_json::from_str(&out).unwrap();
@@ -161,13 +167,7 @@ fn route_json_lists_every_candidate_and_the_winner_meets_every_constraint() {
 #[test]
 fn route_table_explains_the_decision() {
     let req = repo("examples/requests/untrusted-microvm.yaml");
-    let o = run(&[
-        "route",
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
+    let o = route_with_models(&req, &[]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -180,13 +180,7 @@ fn route_table_explains_the_decision() {
 #[test]
 fn impossible_constraints_name_the_binding_ones() {
     let req = repo("examples/requests/impossible.yaml");
-    let o = run(&[
-        "route",
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
+    let o = route_with_models(&req, &[]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no candidate meets the request"), "{err}");
@@ -210,26 +204,14 @@ fn malformed_requests_get_field_level_errors() {
         let req = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("testdata")
             .join(file);
-        let o = run(&[
-            "route",
-            "--models",
-            models().to_str().unwrap(),
-            "--request",
-            req.to_str().unwrap(),
-        ]);
+        let o = route_with_models(&req, &[]);
         let (_, err) = text(&o);
         assert_eq!(o.status.code(), Some(1), "{file}: {err}");
         assert!(err.contains(needle), "{file}: {err}");
         assert!(!err.contains("panicked"), "{file}: {err}");
     }
     let invalid = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/invalid-values.json");
-    let (_, err) = text(&run(&[
-        "route",
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        invalid.to_str().unwrap(),
-    ]));
+    let (_, err) = text(&route_with_models(&invalid, &[]));
     for field in [
         "command",
         "resources.cpu",
@@ -264,15 +246,7 @@ fn missing_model_dir_and_catalog_typo_are_clear_errors() {
     let catalog = tmp.path().join("catalog.toml");
     let typo = sandstorm_features::DEFAULT_CATALOG_TOML.replacen("gib_second", "gib_secnod", 1);
     std::fs::write(&catalog, typo).unwrap();
-    let o = run(&[
-        "route",
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
+    let o = route_with_models(&req, &["--catalog", catalog.to_str().unwrap()]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("gib_secnod") && err.contains("line"), "{err}");

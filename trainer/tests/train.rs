@@ -6,16 +6,22 @@ use sandstorm_features::Catalog;
 use sandstorm_features::model::{FEATURE_SCHEMA_FILE, METADATA_FILE, ModelMetadata, ModelRole};
 use sandstorm_trainer::{TrainConfig, TrainerError, train};
 
+/// Writes `rows` rows of simulated telemetry (seed `seed`) to `dir` and returns the config.
+fn simulate_into(dir: &std::path::Path, rows: usize, seed: u64) -> SimulatorConfig {
+    let cfg = SimulatorConfig {
+        rows,
+        seed,
+        ..Default::default()
+    };
+    generate(&Catalog::default_catalog(), &cfg, dir, &mut |_| {}).expect("simulate telemetry");
+    cfg
+}
+
 #[test]
 fn trains_a_complete_model_directory_with_sane_holdout_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let telemetry = tmp.path().join("telemetry");
-    let cfg = SimulatorConfig {
-        rows: 8000,
-        seed: 3,
-        ..Default::default()
-    };
-    generate(&Catalog::default_catalog(), &cfg, &telemetry, &mut |_| {}).unwrap();
+    simulate_into(&telemetry, 8000, 3);
     let out = tmp.path().join("models");
     let report = train(&telemetry, &out, &TrainConfig::default()).unwrap();
 
@@ -76,12 +82,7 @@ fn missing_or_empty_telemetry_is_a_clear_error() {
     assert!(err.to_string().contains("no .parquet files"), "{err}");
 
     let telemetry = tmp.path().join("small");
-    let cfg = SimulatorConfig {
-        rows: 50,
-        seed: 1,
-        ..Default::default()
-    };
-    generate(&Catalog::default_catalog(), &cfg, &telemetry, &mut |_| {}).unwrap();
+    simulate_into(&telemetry, 50, 1);
     let err = train(&telemetry, &tmp.path().join("m"), &TrainConfig::default()).unwrap_err();
     assert!(err.to_string().contains("need at least 200"), "{err}");
 }
@@ -95,12 +96,7 @@ fn python_lightgbm_loads_the_models_and_predicts_the_same_values() {
 
     let tmp = tempfile::tempdir().unwrap();
     let telemetry = tmp.path().join("telemetry");
-    let cfg = SimulatorConfig {
-        rows: 3000,
-        seed: 5,
-        ..Default::default()
-    };
-    generate(&Catalog::default_catalog(), &cfg, &telemetry, &mut |_| {}).unwrap();
+    let cfg = simulate_into(&telemetry, 3000, 5);
     let out = tmp.path().join("models");
     train(&telemetry, &out, &TrainConfig::default()).unwrap();
 
