@@ -107,6 +107,11 @@ fn telemetry_row(
     r.n_feasible = decision.n_feasible as u32;
     r.selection_probability = 1.0;
     r.model_version = Some(decision.model_version.clone());
+    r.policy_versions = decision
+        .policies
+        .iter()
+        .map(|p| format!("{}@{}", p.name, p.version))
+        .collect();
     if let Some(p) = &winner.prediction {
         r.pred_latency_p50_ms = Some(p.latency_p50_ms);
         r.pred_latency_p95_ms = Some(p.latency_p95_ms);

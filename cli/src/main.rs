@@ -2,6 +2,7 @@
 //! the quickstart that does the whole loop on embedded defaults.
 
 mod common;
+mod policy;
 mod quickstart;
 mod run;
 
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Write, test, replay and publish routing policies (WebAssembly).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
 }
 
 /// Options shared by commands that route.
@@ -58,6 +64,12 @@ struct RoutingArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Policy registry: the newest signed version of each policy runs on the decision.
+    #[arg(long, env = "SANDSTORM_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Public keys whose signatures the router trusts (one hex key per line).
+    #[arg(long, env = "SANDSTORM_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +161,7 @@ fn main() -> ExitCode {
             CatalogCommand::Show { catalog } => run::catalog_show(catalog.as_deref()),
             CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),
         },
+        Command::Policy { command } => policy::command(command),
     };
     match result {
         Ok(code) => code,

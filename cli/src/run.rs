@@ -23,7 +23,13 @@ struct Routed {
 fn decide(args: &RoutingArgs) -> Result<Routed> {
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let request = common::load_request(&args.request)?;
-    let router = Router::new(&catalog, ModelSet::load(&args.models)?);
+    let mut router = Router::new(&catalog, ModelSet::load(&args.models)?);
+    if let Some(registry) = &args.policies {
+        router = router.with_policies(crate::policy::load_registry(
+            registry,
+            args.trusted_keys.as_deref(),
+        )?);
+    }
     let engine = Engine::new();
     let ctx = DecisionContext::now();
     let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;

@@ -127,6 +127,12 @@ pub enum StrategyKind {
 }
 
 impl StrategyKind {
+    pub const ALL: [StrategyKind; 3] = [
+        StrategyKind::OptimizeCost,
+        StrategyKind::OptimizeLatency,
+        StrategyKind::Balanced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StrategyKind::OptimizeCost => "optimize_cost",

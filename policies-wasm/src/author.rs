@@ -141,7 +141,9 @@ expect:
 
 /// Builds the policy crate (or guest workspace) in `dir` for `wasm32-unknown-unknown` in
 /// release mode with `cargo`, then componentizes `package`'s module (default: the crate in
-/// `dir`). Returns the component's path (`<target>/<package>.component.wasm`).
+/// `dir`). `target_dir` defaults to cargo's own choice (`CARGO_TARGET_DIR`, else the
+/// workspace's `target/`). Returns the component's path
+/// (`<target>/wasm32-unknown-unknown/release/<package>.component.wasm`).
 pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Result<PathBuf, PoliciesError> {
     let manifest = dir.join("Cargo.toml");
     let build_err = |reason: String| PoliciesError::Build {
@@ -152,8 +154,11 @@ pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Re
         Some(p) => p.to_owned(),
         None => package_name(&manifest)?,
     };
-    let target_dir = target_dir.map_or_else(|| dir.join("target"), Path::to_path_buf);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = match target_dir {
+        Some(t) => t.to_path_buf(),
+        None => cargo_target_dir(&cargo, &manifest).map_err(build_err)?,
+    };
     let output = Command::new(cargo)
         .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--package"])
         .arg(&package)
@@ -182,6 +187,28 @@ pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Re
     let out = release.join(format!("{package}.component.wasm"));
     fs::write(&out, component).map_err(|e| PoliciesError::io(&out, e))?;
     Ok(out)
+}
+
+/// The target directory cargo uses for `manifest` (honours `CARGO_TARGET_DIR` and workspaces).
+fn cargo_target_dir(cargo: &std::ffi::OsStr, manifest: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .map_err(|e| format!("running cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    serde_json::from_slice::<Metadata>(&out.stdout)
+        .map(|m| m.target_directory)
+        .map_err(|e| format!("reading cargo metadata: {e}"))
 }
 
 fn package_name(manifest: &Path) -> Result<String, PoliciesError> {

@@ -133,6 +133,11 @@ impl PolicyStore {
         }
     }
 
+    /// Whether `other` is a handle to this same store.
+    pub fn same_as(&self, other: &PolicyStore) -> bool {
+        Arc::ptr_eq(&self.set, &other.set)
+    }
+
     pub fn engine(&self) -> &PolicyEngine {
         &self.engine
     }

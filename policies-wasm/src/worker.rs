@@ -150,6 +150,11 @@ impl PolicyWorker {
         }
     }
 
+    /// Whether this worker serves `store` (a worker is tied to the store that made it).
+    pub fn is_for(&self, store: &PolicyStore) -> bool {
+        self.store.same_as(store)
+    }
+
     /// Runs every active policy once on `candidates` (each with its predictions), in name
     /// order. Never fails: a failing policy yields a failed outcome.
     pub fn evaluate(
@@ -178,7 +183,7 @@ impl PolicyWorker {
             match &result {
                 Ok(_) => slot.record_success(&version),
                 Err(failure) => {
-                    tracing::warn!(policy = %version.policy.manifest.id(), %failure, "policy failed");
+                    tracing::debug!(policy = %version.policy.manifest.id(), %failure, "policy failed");
                     slot.record_failure(&version);
                 }
             }

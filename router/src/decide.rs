@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sandstorm_features::encoding::{CandidateEncoder, N_FEATURES};
+use sandstorm_policies_wasm::{
+    FailureMode, PolicyCandidate, PolicyFailure, PolicyOutcome, PolicyStore, PolicyWorker,
+};
 use sandstorm_features::telemetry::CandidateScore;
 use sandstorm_features::{
     Candidate, Catalog, DecisionContext, RunRequest, Strategy, static_violation,
@@ -59,9 +62,40 @@ pub struct CandidateVerdict {
     /// Shared with the router (serializes as the candidate itself).
     pub candidate: Arc<Candidate>,
     pub prediction: Option<Prediction>,
-    /// Objective value under the strategy; lower is better.
+    /// Objective value under the strategy (after policy factors); lower is better.
     pub score: Option<f64>,
     pub verdict: Verdict,
+    /// Factors policies applied to this candidate's objective, with their reasons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_adjustments: Vec<PolicyAdjustment>,
+}
+
+/// A policy's factor on one candidate's objective.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyAdjustment {
+    pub policy: String,
+    pub factor: f64,
+    pub reason: String,
+}
+
+/// What one policy did in a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyReport {
+    pub name: String,
+    /// The version that ran.
+    pub version: String,
+    /// Candidates it rejected (all of them when it failed closed).
+    pub rejected: usize,
+    /// Candidates whose objective it changed.
+    pub adjusted: usize,
+    /// Why it produced no verdicts, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<PolicyFailure>,
+    /// `fail_closed` or `fail_open`: what its failure did.
+    pub failure_mode: &'static str,
+    /// Whether it runs its last good version because the newest kept failing.
+    pub fell_back: bool,
+    pub elapsed_us: f64,
 }
 
 /// How many candidates one constraint removed, for "no feasible candidate" errors.
@@ -90,6 +124,9 @@ pub struct Decision {
     pub unseen_levels: u32,
     pub n_candidates: usize,
     pub n_feasible: usize,
+    /// Every policy that ran, in order, with what it did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyReport>,
     /// Every enumerated candidate: ranked feasible ones first, then the filtered ones.
     pub candidates: Vec<CandidateVerdict>,
 }
@@ -131,6 +168,8 @@ pub struct Scratch {
     live: Vec<usize>,
     rows: Vec<f64>,
     predictions: Predictions,
+    /// This worker's warm policy instances, created on first use.
+    policies: Option<PolicyWorker>,
 }
 
 impl Scratch {
@@ -144,6 +183,7 @@ impl Scratch {
             live: Vec::with_capacity(candidates),
             rows: Vec::with_capacity(candidates * N_FEATURES),
             predictions: Predictions::default(),
+            policies: None,
         };
         s.predictions.reserve(candidates);
         s
@@ -160,6 +200,7 @@ pub struct Router {
     encoder: CandidateEncoder,
     models: ModelSet,
     max_fallbacks: usize,
+    policies: Option<PolicyStore>,
 }
 
 impl Router {
@@ -179,7 +220,20 @@ impl Router {
             encoder,
             models,
             max_fallbacks: 3,
+            policies: None,
         }
+    }
+
+    /// Runs `store`'s policies on every decision, after prediction: each sees the request and
+    /// all candidates still feasible, with their predictions, and may reject candidates or
+    /// scale their objective. The store may change (hot swap) while the router serves.
+    pub fn with_policies(mut self, store: PolicyStore) -> Self {
+        self.policies = Some(store);
+        self
+    }
+
+    pub fn policies(&self) -> Option<&PolicyStore> {
+        self.policies.as_ref()
     }
 
     pub fn models(&self) -> &ModelSet {
@@ -228,6 +282,7 @@ impl Router {
                     prediction: None,
                     score: None,
                     verdict: Verdict::Filtered { constraint, reason },
+                    policy_adjustments: Vec::new(),
                 }),
                 None => live.push(i),
             }
@@ -280,9 +335,58 @@ impl Router {
                         constraint: constraint.to_owned(),
                         reason,
                     },
+                    policy_adjustments: Vec::new(),
                 }),
                 None => scored.push((k, prediction)),
             }
+        }
+
+        let decision_id = uuid::Uuid::new_v4();
+        // Policies see every candidate still feasible, with its predictions.
+        let mut policy = AppliedPolicies::default();
+        if let Some(store) = self.policies.as_ref().filter(|s| !s.is_empty())
+            && !scored.is_empty()
+        {
+            let worker = match &mut scratch.policies {
+                Some(w) if w.is_for(store) => w,
+                slot => slot.insert(store.worker()),
+            };
+            let inputs: Vec<PolicyCandidate<'_>> = scored
+                .iter()
+                .map(|(k, p)| PolicyCandidate {
+                    candidate: &self.candidates[*k],
+                    cost_usd: p.cost_usd,
+                    latency_p50_ms: p.latency_p50_ms,
+                    latency_p95_ms: p.latency_p95_ms,
+                    failure_prob: p.failure_prob,
+                })
+                .collect();
+            let (hi, lo) = decision_id.as_u64_pair();
+            let outcomes = worker.evaluate(request, ctx, hi ^ lo, &inputs);
+            policy = AppliedPolicies::apply(&outcomes, scored.len());
+            // Move the candidates policies rejected to the filtered ones.
+            let mut kept = Vec::with_capacity(scored.len());
+            let mut kept_factors = Vec::with_capacity(scored.len());
+            let mut kept_adjustments = Vec::with_capacity(scored.len());
+            for (i, (k, prediction)) in scored.drain(..).enumerate() {
+                match policy.rejected[i].take() {
+                    Some((constraint, reason)) => filtered.push(CandidateVerdict {
+                        candidate: Arc::clone(&self.candidates[k]),
+                        prediction: Some(prediction),
+                        score: None,
+                        verdict: Verdict::Filtered { constraint, reason },
+                        policy_adjustments: std::mem::take(&mut policy.adjustments[i]),
+                    }),
+                    None => {
+                        kept.push((k, prediction));
+                        kept_factors.push(policy.factors[i]);
+                        kept_adjustments.push(std::mem::take(&mut policy.adjustments[i]));
+                    }
+                }
+            }
+            scored = kept;
+            policy.factors = kept_factors;
+            policy.adjustments = kept_adjustments;
         }
 
         if scored.is_empty() {
@@ -305,7 +409,12 @@ impl Router {
         }
 
         let strategy = request.strategy();
-        let scores = objective(strategy, &scored);
+        let mut scores = objective(strategy, &scored);
+        if !policy.factors.is_empty() {
+            for (score, factor) in scores.iter_mut().zip(&policy.factors) {
+                *score *= factor;
+            }
+        }
         let mut order: Vec<usize> = (0..scored.len()).collect();
         // Lower score first, then lower expected latency, then candidate id (then catalog
         // order, as a stable sort would keep equal ids).
@@ -347,13 +456,19 @@ impl Router {
                 prediction: Some(scored[i].1.clone()),
                 score: Some(scores[i]),
                 verdict,
+                policy_adjustments: policy
+                    .adjustments
+                    .get_mut(i)
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
             });
         }
         let n_feasible = candidates.len();
         candidates.extend(filtered);
 
-        let decision_id = uuid::Uuid::new_v4().to_string();
-        let explanation = explain(strategy, &candidates, n_feasible);
+        let decision_id = decision_id.to_string();
+        let mut explanation = explain(strategy, &candidates, n_feasible);
+        explain_policies(&policy.reports, &mut explanation);
         let winner_id = &self.candidates[winner.0].id;
         tracing::debug!(%decision_id, winner = %winner_id, n_feasible, "decided");
         Ok(Decision {
@@ -370,8 +485,106 @@ impl Router {
             unseen_levels: stats.unseen_levels,
             n_candidates: self.candidates.len(),
             n_feasible,
+            policies: policy.reports,
             candidates,
         })
+    }
+}
+
+/// The policies' verdicts folded into per-candidate rejections and factors.
+#[derive(Debug, Default)]
+struct AppliedPolicies {
+    /// Per candidate: `(policy:NAME, reason)` of the first policy that rejected it.
+    rejected: Vec<Option<(String, String)>>,
+    /// Per candidate: product of all factors.
+    factors: Vec<f64>,
+    adjustments: Vec<Vec<PolicyAdjustment>>,
+    reports: Vec<PolicyReport>,
+}
+
+impl AppliedPolicies {
+    fn apply(outcomes: &[PolicyOutcome], n: usize) -> Self {
+        let mut out = Self {
+            rejected: vec![None; n],
+            factors: vec![1.0; n],
+            adjustments: vec![Vec::new(); n],
+            reports: Vec::with_capacity(outcomes.len()),
+        };
+        for o in outcomes {
+            let constraint = format!("policy:{}", o.name);
+            let mut report = PolicyReport {
+                name: o.name.clone(),
+                version: o.version.clone(),
+                rejected: 0,
+                adjusted: 0,
+                failure: None,
+                failure_mode: o.failure_mode.as_str(),
+                fell_back: o.fell_back,
+                elapsed_us: o.elapsed.as_secs_f64() * 1e6,
+            };
+            match &o.result {
+                Ok(v) => {
+                    for (i, reason) in v.rejected.iter().enumerate() {
+                        if let Some(reason) = reason {
+                            report.rejected += 1;
+                            out.rejected[i].get_or_insert_with(|| (constraint.clone(), reason.clone()));
+                        }
+                    }
+                    for (i, adjusted) in v.adjusted.iter().enumerate() {
+                        if let Some((factor, reason)) = adjusted {
+                            report.adjusted += 1;
+                            out.factors[i] *= factor;
+                            out.adjustments[i].push(PolicyAdjustment {
+                                policy: o.name.clone(),
+                                factor: *factor,
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(
+                        policy = %o.name,
+                        version = %o.version,
+                        failure_mode = o.failure_mode.as_str(),
+                        %failure,
+                        "policy failed"
+                    );
+                    if o.failure_mode == FailureMode::FailClosed {
+                        report.rejected = n;
+                        let reason = format!("policy failed and fails closed ({failure})");
+                        for r in &mut out.rejected {
+                            r.get_or_insert_with(|| (constraint.clone(), reason.clone()));
+                        }
+                    }
+                    report.failure = Some(failure.clone());
+                }
+            }
+            out.reports.push(report);
+        }
+        out
+    }
+}
+
+/// Appends what each policy did to a decision's explanation.
+fn explain_policies(reports: &[PolicyReport], text: &mut String) {
+    for r in reports {
+        let what = match (&r.failure, r.rejected, r.adjusted) {
+            (Some(f), _, _) if r.failure_mode == FailureMode::FailClosed.as_str() => {
+                format!("failed ({f}) and, failing closed, rejected every candidate")
+            }
+            (Some(f), _, _) => format!("failed ({f}) and was ignored (fails open)"),
+            (None, 0, 0) => "changed nothing".to_owned(),
+            (None, rej, 0) => format!("rejected {rej}"),
+            (None, 0, adj) => format!("re-weighted {adj}"),
+            (None, rej, adj) => format!("rejected {rej} and re-weighted {adj}"),
+        };
+        let fallback = if r.fell_back {
+            " (running its last good version)"
+        } else {
+            ""
+        };
+        text.push_str(&format!(" Policy {}@{}{fallback} {what}.", r.name, r.version));
     }
 }
 

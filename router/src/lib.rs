@@ -16,7 +16,8 @@ mod models;
 mod native;
 
 pub use decide::{
-    BindingConstraint, CandidateVerdict, Decision, Prediction, Router, Scratch, Verdict,
+    BindingConstraint, CandidateVerdict, Decision, PolicyAdjustment, PolicyReport, Prediction,
+    Router, Scratch, Verdict,
 };
 #[cfg(feature = "lightgbm-reference")]
 pub use models::Evaluator;
