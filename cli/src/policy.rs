@@ -12,6 +12,7 @@ use sandstorm_features::telemetry::{TelemetryRecord, from_micros};
 use sandstorm_features::{
     Candidate, DecisionContext, Language, RunRequest, StrategyKind, static_violation,
 };
+use sandstorm_router::{ModelSet, Router, RouterError, Scratch};
 use sandstorm_policies_wasm::{
     Manifest, PolicyCandidate, PolicyEngine, PolicyKey, PolicyKind, PolicyLimits, PolicyOutcome,
     PolicyStore, Registry, TrustedKeys, author,
@@ -89,7 +90,13 @@ pub(crate) struct ReplayArgs {
     /// Directory of telemetry Parquet files.
     #[arg(long, env = "SANDSTORM_TELEMETRY")]
     telemetry: PathBuf,
-    /// Catalog TOML the decisions were made with (default: the embedded catalog).
+    /// Model directory to re-decide the past requests with.
+    #[arg(long, env = "SANDSTORM_MODELS")]
+    models: PathBuf,
+    /// Replay at most this many decisions (the first ones in the files).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Catalog TOML (default: the embedded catalog).
     #[arg(long, env = "SANDSTORM_CATALOG")]
     catalog: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -480,7 +487,7 @@ struct ReplaySummary {
     no_candidate_left: usize,
     /// Decisions the policy failed on.
     policy_failures: usize,
-    /// Decisions skipped (candidates missing from the catalog, no scores recorded).
+    /// Requests that could not be rebuilt or had no feasible candidate even without the policy.
     skipped: usize,
     rejected_candidates: usize,
     /// Mean change of the winner's predicted cost and p50 latency over flipped decisions.
@@ -501,82 +508,59 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
         .transpose()?
         .unwrap_or(PolicyKind::Filter);
     let store = args.source.store(kind)?;
-    let mut worker = store.worker();
     let catalog = common::load_catalog(args.catalog.as_deref())?;
-    let by_id: BTreeMap<String, Candidate> = catalog
-        .candidates()
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
+    let baseline = Router::new(&catalog, ModelSet::load(&args.models)?);
+    let with_policy = Router::new(&catalog, ModelSet::load(&args.models)?).with_policies(store);
+    let (mut scratch_a, mut scratch_b) = (Scratch::new(), Scratch::new());
     let batches = sandstorm_datasets::read_parquet_dir(&args.telemetry)?;
     let mut s = ReplaySummary::default();
     let (mut cost_delta, mut latency_delta) = (0.0, 0.0);
-    for batch in &batches {
-        for record in sandstorm_features::telemetry::from_record_batch(batch)? {
-            if record.attempt != 0 {
-                continue;
-            }
-            s.decisions += 1;
-            let Some(request) = request_of(&record) else {
-                s.skipped += 1;
-                continue;
-            };
-            let scored: Vec<(&Candidate, &sandstorm_features::telemetry::CandidateScore)> = record
-                .decision_scores
-                .iter()
-                .filter(|d| d.feasible && d.score.is_some())
-                .filter_map(|d| by_id.get(&d.candidate_id).map(|c| (c, d)))
-                .collect();
-            if scored.is_empty() {
-                s.skipped += 1;
-                continue;
-            }
-            let inputs: Vec<PolicyCandidate<'_>> = scored
-                .iter()
-                .map(|(c, d)| PolicyCandidate {
-                    candidate: c,
-                    cost_usd: d.pred_cost_usd.unwrap_or(f64::NAN),
-                    latency_p50_ms: d.pred_latency_p50_ms.unwrap_or(f64::NAN),
-                    latency_p95_ms: d.pred_latency_p95_ms.unwrap_or(f64::NAN),
-                    failure_prob: d.pred_failure_prob.unwrap_or(f64::NAN),
-                })
-                .collect();
-            let ctx = DecisionContext::at(from_micros(record.ts_request_us));
-            let seed = record.ts_request_us as u64;
-            let outcome = worker.evaluate(&request, &ctx, seed, &inputs).remove(0);
-            let Ok(v) = &outcome.result else {
-                s.policy_failures += 1;
-                continue;
-            };
-            s.rejected_candidates += v.n_rejected();
-            let before = scored
-                .iter()
-                .find(|(c, _)| c.id == record.candidate_id)
-                .or_else(|| scored.iter().min_by(|a, b| score(a.1).total_cmp(&score(b.1))));
-            let after = (0..scored.len())
-                .filter(|&i| v.rejected[i].is_none())
-                .min_by(|&a, &b| {
-                    let fa = v.adjusted[a].as_ref().map_or(1.0, |x| x.0);
-                    let fb = v.adjusted[b].as_ref().map_or(1.0, |x| x.0);
-                    (score(scored[a].1) * fa).total_cmp(&(score(scored[b].1) * fb))
-                })
-                .map(|i| &scored[i]);
-            let (Some(before), Some(after)) = (before, after) else {
+    let records = batches
+        .iter()
+        .map(sandstorm_features::telemetry::from_record_batch)
+        .collect::<Result<Vec<_>, _>>()?;
+    let first_attempts = records
+        .iter()
+        .flatten()
+        .filter(|r| r.attempt == 0)
+        .take(args.limit.unwrap_or(usize::MAX));
+    for record in first_attempts {
+        s.decisions += 1;
+        let Some(request) = request_of(record) else {
+            s.skipped += 1;
+            continue;
+        };
+        let ctx = DecisionContext::at(from_micros(record.ts_request_us));
+        // The past decision, re-made with today's models, without and with the policy.
+        let Ok(before) = baseline.decide_with(&mut scratch_a, &request, &ctx, &|_| None) else {
+            s.skipped += 1;
+            continue;
+        };
+        let after = match with_policy.decide_with(&mut scratch_b, &request, &ctx, &|_| None) {
+            Ok(d) => d,
+            Err(RouterError::NoFeasibleCandidate { .. }) => {
                 s.no_candidate_left += 1;
                 continue;
-            };
-            let cost = |d: &sandstorm_features::telemetry::CandidateScore| d.pred_cost_usd.unwrap_or(0.0);
-            s.total_cost_before_usd += cost(before.1);
-            s.total_cost_after_usd += cost(after.1);
-            if before.0.id != after.0.id {
-                s.flipped += 1;
-                cost_delta += cost(after.1) - cost(before.1);
-                latency_delta += after.1.pred_latency_p50_ms.unwrap_or(0.0)
-                    - before.1.pred_latency_p50_ms.unwrap_or(0.0);
-                *s.flips
-                    .entry(format!("{} -> {}", before.0.id, after.0.id))
-                    .or_default() += 1;
             }
+            Err(e) => return Err(e.into()),
+        };
+        let report = &after.policies[0];
+        if report.failure.is_some() {
+            s.policy_failures += 1;
+        }
+        s.rejected_candidates += report.rejected;
+        let (Some(b), Some(a)) = (&before.winner().prediction, &after.winner().prediction) else {
+            continue;
+        };
+        s.total_cost_before_usd += b.cost_usd;
+        s.total_cost_after_usd += a.cost_usd;
+        if before.winner != after.winner {
+            s.flipped += 1;
+            cost_delta += a.cost_usd - b.cost_usd;
+            latency_delta += a.latency_p50_ms - b.latency_p50_ms;
+            *s.flips
+                .entry(format!("{} -> {}", before.winner, after.winner))
+                .or_default() += 1;
         }
     }
     if s.flipped > 0 {
@@ -608,12 +592,11 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     for (flip, n) in top.into_iter().take(5) {
         println!("  {n:>6}  {flip}");
     }
-    println!("Deltas use the models' predictions recorded at decision time (only the chosen candidate's actual outcome is known).");
+    println!(
+        "Each past request is decided again with the models in {} (host availability ignored), without and with the policy; deltas are predicted.",
+        args.models.display()
+    );
     Ok(ExitCode::SUCCESS)
-}
-
-fn score(d: &sandstorm_features::telemetry::CandidateScore) -> f64 {
-    d.score.unwrap_or(f64::INFINITY)
 }
 
 /// The parts of the original request a policy sees, rebuilt from a telemetry row.

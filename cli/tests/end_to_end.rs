@@ -3,82 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
+use common::{bin, models, python, repo, route_with_models, run, text};
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sandstorm"));
-    c.env_remove("SANDSTORM_MODELS")
-        .env_remove("SANDSTORM_CATALOG")
-        .env_remove("SANDSTORM_TELEMETRY");
-    c
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("spawn sandstorm")
-}
-
-/// `sandstorm route` of `request` with the shared trained models, plus `extra` arguments.
-fn route_with_models(request: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "route",
-        "--models",
-        models().to_str().unwrap(),
-        "--request",
-        request.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// A model directory trained once on simulated telemetry.
-fn models() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let telemetry = tmp.path().join("telemetry");
-        let models = tmp.path().join("models");
-        let o = run(&[
-            "datasets",
-            "generate",
-            "--rows",
-            "6000",
-            "--seed",
-            "11",
-            "--out",
-            telemetry.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{:?}", text(&o));
-        let o = run(&[
-            "train",
-            "--telemetry",
-            telemetry.to_str().unwrap(),
-            "--out",
-            models.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{:?}", text(&o));
-        (tmp, models)
-    })
-    .1
-}
-
-fn python() -> String {
-    std::env::var("SANDSTORM_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
 
 #[test]
 fn quickstart_runs_the_whole_loop_and_its_telemetry_reads_back_with_pyarrow() {

@@ -116,6 +116,7 @@ sandstorm_policy_sdk::export_policy!({type_name});
 request:
   language: python
   code: print("hello")
+  allow_network: true
   labels:
     trust: untrusted
 expect:

@@ -1,0 +1,159 @@
+//! The policy author's workflow through the `sandstorm` binary: scaffold, build, test,
+//! sign, publish, list, route with the registry (decisions change visibly, tampered versions
+//! are refused) and replay on telemetry.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{bin, models, repo, route_with_models, telemetry, text};
+use serde_json::Value;
+
+/// Runs the binary with guest builds going to one shared target directory, so each test
+/// reuses the compiled SDK.
+fn run(args: &[&str]) -> Output {
+    let mut c = bin();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        c.env("CARGO_TARGET_DIR", PathBuf::from(t).join("policy-guests"));
+    }
+    c.args(args).output().expect("spawn sandstorm")
+}
+
+fn ok(o: &Output) -> String {
+    let (out, err) = text(o);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    out
+}
+
+fn example(name: &str) -> PathBuf {
+    repo(&format!("policies-wasm/guest/examples/{name}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn every_example_policy_passes_its_fixtures() {
+    for name in ["eu-residency", "untrusted-isolation", "tenant-cost-cap", "edge-rtt"] {
+        let out = ok(&run(&["policy", "test", s(&example(name))]));
+        assert!(out.contains(" 0 failed") && !out.contains("FAIL"), "{name}: {out}");
+    }
+}
+
+#[test]
+fn a_failing_expectation_is_reported_and_fails_the_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = tmp.path().join("wrong.yaml");
+    std::fs::write(
+        &fixture,
+        "request:\n  language: python\n  code: print(1)\n  tenant: acme-eu\nexpect:\n  - candidates: \"e2b/*\"\n    verdict: keep\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "test", s(&example("eu-residency")), "--fixtures", s(&fixture)]);
+    let (out, _) = text(&o);
+    assert!(!o.status.success());
+    assert!(out.contains("FAIL") && out.contains("expected keep, got rejected (EU tenant"), "{out}");
+}
+
+#[test]
+fn new_scaffolds_a_policy_that_builds_and_passes_its_own_test() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my-guard");
+    let out = ok(&run(&["policy", "new", s(&dir)]));
+    assert!(out.contains("created policy"), "{out}");
+    let out = ok(&run(&["policy", "build", s(&dir)]));
+    assert!(out.trim().ends_with("my-guard.component.wasm"), "{out}");
+    let out = ok(&run(&["policy", "test", s(&dir), "--wasm", out.trim()]));
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+    let err = text(&run(&["policy", "new", s(&dir)])).1;
+    assert!(err.contains("already exists"), "{err}");
+    let err = text(&run(&["policy", "new", s(&tmp.path().join("Bad_Name"))])).1;
+    assert!(err.contains("expected 1-64 characters"), "{err}");
+}
+
+/// Route `request` as JSON with `extra` arguments.
+fn route_json(request: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let o = route_with_models(request, &args);
+    serde_json::from_str(&ok(&o)).unwrap()
+}
+
+fn area_of(decision: &Value) -> String {
+    decision["candidates"][0]["candidate"]["area"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn published_policies_change_routing_and_tampered_ones_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("registry");
+    let key = tmp.path().join("author.key");
+    let out = ok(&run(&["policy", "keygen", "--out", s(&key)]));
+    assert!(out.contains("public key"), "{out}");
+    let trusted = tmp.path().join("author.pub");
+    let published = ok(&run(&[
+        "policy", "publish", s(&example("eu-residency")), "--key", s(&key), "--registry", s(&registry),
+        "--author", "tests",
+    ]));
+    assert!(published.contains("published eu-residency@1.0.0"), "{published}");
+    let again = run(&[
+        "policy", "publish", s(&example("eu-residency")), "--key", s(&key), "--registry", s(&registry),
+    ]);
+    assert!(text(&again).1.contains("immutable"), "{:?}", text(&again));
+
+    let listed = ok(&run(&["policy", "list", "--registry", s(&registry), "--trusted-keys", s(&trusted)]));
+    assert!(listed.contains("eu-residency") && listed.contains("ok (signed by"), "{listed}");
+
+    let request = repo("cli/testdata/eu-tenant.yaml");
+    let without = route_json(&request, &[]);
+    assert_ne!(area_of(&without), "eu", "the test needs a non-EU winner without the policy");
+    let with = route_json(&request, &["--policies", s(&registry), "--trusted-keys", s(&trusted)]);
+    assert_eq!(area_of(&with), "eu", "{with:#}");
+    let report = &with["policies"][0];
+    assert_eq!(report["name"], "eu-residency");
+    assert!(report["rejected"].as_u64().unwrap() > 0);
+    let rejected: Vec<&Value> = with["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"]["constraint"] == "policy:eu-residency")
+        .collect();
+    assert!(!rejected.is_empty());
+    assert!(rejected[0]["verdict"]["reason"].as_str().unwrap().contains("EU tenant"));
+    assert!(with["explanation"].as_str().unwrap().contains("Policy eu-residency@1.0.0 rejected"));
+
+    // Without trusted keys the router refuses to load policies at all.
+    let o = route_with_models(&request, &["--policies", s(&registry)]);
+    assert!(text(&o).1.contains("--trusted-keys"), "{:?}", text(&o));
+
+    // A tampered module is refused with a warning; routing goes on without the policy.
+    let module = registry.join("eu-residency/1.0.0/policy.wasm");
+    let mut bytes = std::fs::read(&module).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&module, bytes).unwrap();
+    let o = route_with_models(&request, &["--json", "--policies", s(&registry), "--trusted-keys", s(&trusted)]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("not loaded") && err.contains("tampered or corrupt"), "{err}");
+    let decision: Value = serde_json::from_str(&out).unwrap();
+    assert!(decision.get("policies").is_none());
+}
+
+#[test]
+fn replay_reports_what_a_policy_would_have_changed() {
+    let o = run(&[
+        "policy", "replay", s(&example("edge-rtt")), "--telemetry", s(telemetry()), "--models",
+        s(models()), "--limit", "500", "--json",
+    ]);
+    let summary: Value = serde_json::from_str(&ok(&o)).unwrap();
+    let decisions = summary["decisions"].as_u64().unwrap();
+    assert_eq!(decisions, 500, "{summary}");
+    let flipped = summary["flipped"].as_u64().unwrap();
+    assert!(flipped > 0 && flipped < decisions, "{summary}");
+    assert_eq!(summary["policy_failures"], 0);
+}
