@@ -10,7 +10,8 @@
 //!   and over a single row. Criterion's throughput is per candidate and model.
 //!   `lightgbm3` predicts with `num_threads=1` (its single-row C API for one row).
 //! * `decision/{16,64,256}`: `Router::decide_with` end to end (enumerate, filter, encode,
-//!   predict 4 models, rank, explain) with a reused `Scratch`.
+//!   predict 4 models, rank, explain) with a reused `Scratch`, and
+//!   `decision/256+eu-residency-policy`: the same with the eu-residency WASM policy consulted.
 //! * After criterion, a custom timing loop (not criterion) prints p50/p99 of whole decisions.
 
 use std::hint::black_box;
@@ -18,45 +19,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lightgbm3::Booster;
+use sandstorm_benches::{catalog_with, policy_store};
 use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
 use sandstorm_features::model::ModelRole;
-use sandstorm_features::{Catalog, DecisionContext, ProviderKind, RegionSpec, RunRequest};
+use sandstorm_features::{DecisionContext, RunRequest};
 use sandstorm_router::{EvalScratch, ModelSet, NativeModel, Router, Scratch};
 use time::macros::datetime;
 
 const SIZES: [usize; 3] = [16, 64, 256];
 const REQUEST: &str = "language: python\ncommand: python3 -c 'print(1)'\nstrategy: balanced\ntimeout_s: 30\nresources:\n  cpu: 1\n  memory_mib: 512\n";
-
-/// The default catalog's enabled providers plus synthetic regions until it enumerates
-/// exactly `n` candidates. Region `k` always goes to the same provider, so a smaller catalog
-/// is a subset of a larger one.
-fn catalog_with(n: usize) -> Catalog {
-    let mut catalog = Catalog::default_catalog();
-    catalog.providers.retain(|p| p.enabled);
-    let single: Vec<usize> = catalog
-        .providers
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.backends.len() == 1 && p.kind != ProviderKind::Local)
-        .map(|(i, _)| i)
-        .collect();
-    let areas = ["us", "eu", "ap"];
-    let mut k = 0;
-    while catalog.candidates().len() < n {
-        let name = format!("bench-{k:03}");
-        catalog.regions.push(RegionSpec {
-            name: name.clone(),
-            area: areas[k % areas.len()].to_owned(),
-            rtt_ms: 5.0 + ((k * 37) % 230) as f64,
-        });
-        catalog.providers[single[k % single.len()]]
-            .regions
-            .push(name);
-        k += 1;
-    }
-    assert_eq!(catalog.candidates().len(), n, "catalog size");
-    catalog
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -181,30 +152,38 @@ fn per_candidate(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
-fn routers(fx: &Fixture) -> Vec<(usize, Router)> {
-    SIZES
+/// Routers over catalogs of each size, and one over 256 candidates that also runs the
+/// eu-residency WASM policy (the request's tenant is not an EU tenant, so the policy keeps
+/// every candidate: the price of consulting a policy on every decision).
+fn routers(fx: &Fixture) -> Vec<(String, usize, Router)> {
+    let mut out: Vec<(String, usize, Router)> = SIZES
         .iter()
         .map(|&n| {
             let models = ModelSet::load(&fx.models_dir).expect("models");
-            (n, Router::new(&catalog_with(n), models))
+            (n.to_string(), n, Router::new(&catalog_with(n), models))
         })
-        .collect()
+        .collect();
+    let models = ModelSet::load(&fx.models_dir).expect("models");
+    let router =
+        Router::new(&catalog_with(256), models).with_policies(policy_store("eu-residency"));
+    out.push(("256+eu-residency-policy".to_owned(), 256, router));
+    out
 }
 
 fn decisions(c: &mut Criterion, fx: &Fixture) {
     let mut g = c.benchmark_group("decision");
-    for (n, router) in routers(fx) {
+    for (name, n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
         let d = router
             .decide_with(&mut scratch, &fx.request, &fx.ctx, &|_| None)
             .expect("decision");
         assert_eq!(d.n_candidates, n);
         println!(
-            "decision/{n}: {} feasible of {}",
+            "decision/{name}: {} feasible of {}",
             d.n_feasible, d.n_candidates
         );
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::from_parameter(&name), &n, |b, _| {
             b.iter(|| {
                 router
                     .decide_with(&mut scratch, black_box(&fx.request), &fx.ctx, &|_| None)
@@ -221,7 +200,7 @@ fn decision_percentiles(fx: &Fixture) {
     println!(
         "custom timing loop (not criterion): Router::decide_with, {ITERATIONS} iterations after 500 warm-up"
     );
-    for (n, router) in routers(fx) {
+    for (name, n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
         let mut times: Vec<Duration> = Vec::with_capacity(ITERATIONS);
         for i in 0..ITERATIONS + 500 {
@@ -238,7 +217,7 @@ fn decision_percentiles(fx: &Fixture) {
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         println!(
-            "decision/{n} candidates x 4 models: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            "decision/{name} candidates x 4 models: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
             at(0.50).as_secs_f64() * 1e6,
             at(0.99).as_secs_f64() * 1e6,
             times[times.len() - 1].as_secs_f64() * 1e6

@@ -194,15 +194,21 @@ pub(crate) fn decision_table(decision: &Decision) -> Table {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let verdict = match &c.verdict {
+        let mut verdict = match &c.verdict {
             Verdict::Winner => "WINNER".to_owned(),
             Verdict::Fallback {
                 rank,
                 behind_by_pct,
             } => format!("fallback {rank} (+{behind_by_pct:.0}%)"),
             Verdict::Outscored { reason, .. } => format!("outscored: {reason}"),
-            Verdict::Filtered { reason, .. } => format!("filtered: {reason}"),
+            Verdict::Filtered { constraint, reason } => match constraint.strip_prefix("policy:") {
+                Some(policy) => format!("rejected by policy {policy}: {reason}"),
+                None => format!("filtered: {reason}"),
+            },
         };
+        for a in &c.policy_adjustments {
+            verdict.push_str(&format!(" [policy {} ×{}: {}]", a.policy, a.factor, a.reason));
+        }
         t.add_row(vec![
             (i + 1).to_string(),
             c.candidate.id.clone(),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -12,11 +13,11 @@ use sandstorm_features::telemetry::{TelemetryRecord, from_micros};
 use sandstorm_features::{
     Candidate, DecisionContext, Language, RunRequest, StrategyKind, static_violation,
 };
-use sandstorm_router::{ModelSet, Router, RouterError, Scratch};
 use sandstorm_policies_wasm::{
     Manifest, PolicyCandidate, PolicyEngine, PolicyKey, PolicyKind, PolicyLimits, PolicyOutcome,
     PolicyStore, Registry, TrustedKeys, author,
 };
+use sandstorm_router::{ModelSet, Router, RouterError, Scratch};
 use serde::Deserialize;
 
 use crate::common;
@@ -179,8 +180,8 @@ impl PolicySource {
             Some(p) => p.clone(),
             None => build(&self.dir)?,
         };
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read policy {}", path.display()))?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read policy {}", path.display()))?;
         Ok((path, bytes))
     }
 
@@ -332,7 +333,10 @@ fn fixture_files(args: &TestArgs) -> Result<Vec<PathBuf>> {
         }
     }
     if files.is_empty() {
-        bail!("no fixtures (*.yaml) found; write one under {}/tests", args.source.dir.display());
+        bail!(
+            "no fixtures (*.yaml) found; write one under {}/tests",
+            args.source.dir.display()
+        );
     }
     Ok(files)
 }
@@ -348,16 +352,16 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     let store = args.source.store(kind)?;
     let mut worker = store.worker();
     let catalog = common::load_catalog(args.catalog.as_deref())?;
-    let all = catalog.candidates();
+    let all: Vec<Arc<Candidate>> = catalog.candidates().into_iter().map(Arc::new).collect();
     let mut failed = 0usize;
     for file in &files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read fixture {}", file.display()))?;
-        let fixture: Fixture = serde_norway::from_str(&text)
-            .with_context(|| format!("fixture {}", file.display()))?;
+        let fixture: Fixture =
+            serde_norway::from_str(&text).with_context(|| format!("fixture {}", file.display()))?;
         let request = RunRequest::from_json(&fixture.request.to_string())
             .with_context(|| format!("fixture {}: request", file.display()))?;
-        let cands: Vec<&Candidate> = all
+        let cands: Vec<&Arc<Candidate>> = all
             .iter()
             .filter(|c| static_violation(&request, c).is_none())
             .collect();
@@ -388,7 +392,7 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
 fn fixture_prediction<'a>(
     fixture: &Fixture,
     request: &RunRequest,
-    c: &'a Candidate,
+    c: &'a Arc<Candidate>,
 ) -> PolicyCandidate<'a> {
     let given = fixture
         .predictions
@@ -409,7 +413,11 @@ fn fixture_prediction<'a>(
     }
 }
 
-fn check(expect: &[Expectation], cands: &[&Candidate], outcome: &PolicyOutcome) -> Vec<String> {
+fn check(
+    expect: &[Expectation],
+    cands: &[&Arc<Candidate>],
+    outcome: &PolicyOutcome,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for e in expect {
         let matched: Vec<usize> = (0..cands.len())
@@ -417,7 +425,10 @@ fn check(expect: &[Expectation], cands: &[&Candidate], outcome: &PolicyOutcome) 
             .collect();
         if e.verdict == "error" {
             if let Ok(_) = &outcome.result {
-                problems.push(format!("{}: expected the policy to fail, it answered", e.candidates));
+                problems.push(format!(
+                    "{}: expected the policy to fail, it answered",
+                    e.candidates
+                ));
             } else if let (Err(f), Some(text)) = (&outcome.result, &e.reason_contains)
                 && !f.message.contains(text.as_str())
             {
@@ -433,22 +444,23 @@ fn check(expect: &[Expectation], cands: &[&Candidate], outcome: &PolicyOutcome) 
             }
         };
         if matched.is_empty() {
-            problems.push(format!("{}: matches no candidate of this request", e.candidates));
+            problems.push(format!(
+                "{}: matches no candidate of this request",
+                e.candidates
+            ));
             continue;
         }
         for i in matched {
             let id = &cands[i].id;
-            let (rejected, adjusted) = (&v.rejected[i], &v.adjusted[i]);
-            let reason = rejected
-                .as_deref()
-                .or(adjusted.as_ref().map(|a| a.1.as_str()));
+            let (rejected, adjusted) = (v.rejection(i), v.adjustment(i));
+            let reason = rejected.or(adjusted.map(|a| a.1));
             let ok = match e.verdict.as_str() {
                 "reject" => rejected.is_some(),
                 "keep" => rejected.is_none(),
                 "adjust" => {
                     adjusted.is_some()
                         && e.factor
-                            .is_none_or(|f| adjusted.as_ref().is_some_and(|a| (a.0 - f).abs() < 1e-6))
+                            .is_none_or(|f| adjusted.is_some_and(|a| (a.0 - f).abs() < 1e-6))
                 }
                 other => {
                     problems.push(format!(
@@ -467,7 +479,9 @@ fn check(expect: &[Expectation], cands: &[&Candidate], outcome: &PolicyOutcome) 
             } else if let Some(text) = &e.reason_contains
                 && !reason.is_some_and(|r| r.contains(text.as_str()))
             {
-                problems.push(format!("{id}: expected a reason containing {text:?}, got {actual}"));
+                problems.push(format!(
+                    "{id}: expected a reason containing {text:?}, got {actual}"
+                ));
             }
         }
     }
@@ -575,16 +589,34 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     t.load_preset(UTF8_FULL_CONDENSED).set_header(["", "value"]);
     let pct = |n: usize| 100.0 * n as f64 / s.decisions.max(1) as f64;
     t.add_row(["decisions replayed".to_owned(), s.decisions.to_string()]);
-    t.add_row(["winner would change".to_owned(), format!("{} ({:.1}%)", s.flipped, pct(s.flipped))]);
-    t.add_row(["no candidate left".to_owned(), format!("{} ({:.1}%)", s.no_candidate_left, pct(s.no_candidate_left))]);
+    t.add_row([
+        "winner would change".to_owned(),
+        format!("{} ({:.1}%)", s.flipped, pct(s.flipped)),
+    ]);
+    t.add_row([
+        "no candidate left".to_owned(),
+        format!("{} ({:.1}%)", s.no_candidate_left, pct(s.no_candidate_left)),
+    ]);
     t.add_row(["policy failed".to_owned(), s.policy_failures.to_string()]);
     t.add_row(["skipped".to_owned(), s.skipped.to_string()]);
-    t.add_row(["candidates rejected".to_owned(), s.rejected_candidates.to_string()]);
-    t.add_row(["mean Δ predicted cost (flipped)".to_owned(), format!("${:+.8}", s.mean_cost_delta_usd)]);
-    t.add_row(["mean Δ predicted p50 (flipped)".to_owned(), format!("{:+.0} ms", s.mean_latency_delta_ms)]);
+    t.add_row([
+        "candidates rejected".to_owned(),
+        s.rejected_candidates.to_string(),
+    ]);
+    t.add_row([
+        "mean Δ predicted cost (flipped)".to_owned(),
+        format!("${:+.8}", s.mean_cost_delta_usd),
+    ]);
+    t.add_row([
+        "mean Δ predicted p50 (flipped)".to_owned(),
+        format!("{:+.0} ms", s.mean_latency_delta_ms),
+    ]);
     t.add_row([
         "total predicted cost before → after".to_owned(),
-        format!("${:.6} → ${:.6}", s.total_cost_before_usd, s.total_cost_after_usd),
+        format!(
+            "${:.6} → ${:.6}",
+            s.total_cost_before_usd, s.total_cost_after_usd
+        ),
     ]);
     println!("{t}");
     let mut top: Vec<(&String, &usize)> = s.flips.iter().collect();
@@ -601,11 +633,15 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode> {
 
 /// The parts of the original request a policy sees, rebuilt from a telemetry row.
 fn request_of(r: &TelemetryRecord) -> Option<RunRequest> {
-    let language = Language::ALL.into_iter().find(|l| l.as_str() == r.language)?;
+    let language = Language::ALL
+        .into_iter()
+        .find(|l| l.as_str() == r.language)?;
     let mut req = RunRequest::command(language, "replay");
     req.tenant = r.tenant.clone();
     req.labels = serde_json::from_str(&r.labels_json).unwrap_or_default();
-    req.strategy = StrategyKind::ALL.into_iter().find(|s| s.as_str() == r.strategy)?;
+    req.strategy = StrategyKind::ALL
+        .into_iter()
+        .find(|s| s.as_str() == r.strategy)?;
     req.cost_weight = r.cost_weight;
     req.resources.cpu = r.vcpu;
     req.resources.memory_mib = r.memory_mib as u64;
@@ -629,7 +665,12 @@ fn publish(args: &PublishArgs) -> Result<ExitCode> {
         .clone()
         .or(meta.version)
         .context("no version: pass --version or set `version` in policy.toml")?;
-    let kind = parse_kind(args.kind.as_deref().or(meta.kind.as_deref()).unwrap_or("filter"))?;
+    let kind = parse_kind(
+        args.kind
+            .as_deref()
+            .or(meta.kind.as_deref())
+            .unwrap_or("filter"),
+    )?;
     let key = PolicyKey::from_file(&args.key)?;
     let (path, module) = args.source.component()?;
     let mut manifest = Manifest::for_module(&name, &version, &args.author, kind, &module)?;
@@ -642,8 +683,11 @@ fn publish(args: &PublishArgs) -> Result<ExitCode> {
         };
     }
     // Refuse to publish what a router would refuse to load.
-    PolicyEngine::new(PolicyLimits::default())?
-        .compile(&path.display().to_string(), &module, manifest.clone())?;
+    PolicyEngine::new(PolicyLimits::default())?.compile(
+        &path.display().to_string(),
+        &module,
+        manifest.clone(),
+    )?;
     let dir = Registry::open(&args.registry).publish(&manifest, &module, &key)?;
     println!(
         "published {} ({} bytes, sha256 {}) to {}, signed by {}",
@@ -683,8 +727,15 @@ fn list(registry: &Path, trusted_keys: Option<&Path>, json: bool) -> Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["policy", "version", "kind", "on failure", "author", "published", "signature"]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "policy",
+        "version",
+        "kind",
+        "on failure",
+        "author",
+        "published",
+        "signature",
+    ]);
     for (m, status) in rows {
         t.add_row([
             m.name,

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{bin, models, python, repo, route_with_models, run, text};
+use common::{models, python, repo, route_with_models, run, text};
 use serde_json::Value;
 
 #[test]

@@ -38,9 +38,17 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn every_example_policy_passes_its_fixtures() {
-    for name in ["eu-residency", "untrusted-isolation", "tenant-cost-cap", "edge-rtt"] {
+    for name in [
+        "eu-residency",
+        "untrusted-isolation",
+        "tenant-cost-cap",
+        "edge-rtt",
+    ] {
         let out = ok(&run(&["policy", "test", s(&example(name))]));
-        assert!(out.contains(" 0 failed") && !out.contains("FAIL"), "{name}: {out}");
+        assert!(
+            out.contains(" 0 failed") && !out.contains("FAIL"),
+            "{name}: {out}"
+        );
     }
 }
 
@@ -53,10 +61,19 @@ fn a_failing_expectation_is_reported_and_fails_the_command() {
         "request:\n  language: python\n  code: print(1)\n  tenant: acme-eu\nexpect:\n  - candidates: \"e2b/*\"\n    verdict: keep\n",
     )
     .unwrap();
-    let o = run(&["policy", "test", s(&example("eu-residency")), "--fixtures", s(&fixture)]);
+    let o = run(&[
+        "policy",
+        "test",
+        s(&example("eu-residency")),
+        "--fixtures",
+        s(&fixture),
+    ]);
     let (out, _) = text(&o);
     assert!(!o.status.success());
-    assert!(out.contains("FAIL") && out.contains("expected keep, got rejected (EU tenant"), "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("expected keep, got rejected (EU tenant"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -75,6 +92,21 @@ fn new_scaffolds_a_policy_that_builds_and_passes_its_own_test() {
     assert!(err.contains("expected 1-64 characters"), "{err}");
 }
 
+/// `sandstorm policy publish DIR --key KEY --registry REGISTRY EXTRA...`
+fn publish(dir: &Path, key: &Path, registry: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "policy",
+        "publish",
+        s(dir),
+        "--key",
+        s(key),
+        "--registry",
+        s(registry),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// Route `request` as JSON with `extra` arguments.
 fn route_json(request: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["--json"];
@@ -84,7 +116,10 @@ fn route_json(request: &Path, extra: &[&str]) -> Value {
 }
 
 fn area_of(decision: &Value) -> String {
-    decision["candidates"][0]["candidate"]["area"].as_str().unwrap().to_owned()
+    decision["candidates"][0]["candidate"]["area"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -95,23 +130,43 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
     let out = ok(&run(&["policy", "keygen", "--out", s(&key)]));
     assert!(out.contains("public key"), "{out}");
     let trusted = tmp.path().join("author.pub");
-    let published = ok(&run(&[
-        "policy", "publish", s(&example("eu-residency")), "--key", s(&key), "--registry", s(&registry),
-        "--author", "tests",
-    ]));
-    assert!(published.contains("published eu-residency@1.0.0"), "{published}");
-    let again = run(&[
-        "policy", "publish", s(&example("eu-residency")), "--key", s(&key), "--registry", s(&registry),
-    ]);
+    let published = ok(&publish(
+        &example("eu-residency"),
+        &key,
+        &registry,
+        &["--author", "tests"],
+    ));
+    assert!(
+        published.contains("published eu-residency@1.0.0"),
+        "{published}"
+    );
+    let again = publish(&example("eu-residency"), &key, &registry, &[]);
     assert!(text(&again).1.contains("immutable"), "{:?}", text(&again));
 
-    let listed = ok(&run(&["policy", "list", "--registry", s(&registry), "--trusted-keys", s(&trusted)]));
-    assert!(listed.contains("eu-residency") && listed.contains("ok (signed by"), "{listed}");
+    let listed = ok(&run(&[
+        "policy",
+        "list",
+        "--registry",
+        s(&registry),
+        "--trusted-keys",
+        s(&trusted),
+    ]));
+    assert!(
+        listed.contains("eu-residency") && listed.contains("ok (signed by"),
+        "{listed}"
+    );
 
     let request = repo("cli/testdata/eu-tenant.yaml");
     let without = route_json(&request, &[]);
-    assert_ne!(area_of(&without), "eu", "the test needs a non-EU winner without the policy");
-    let with = route_json(&request, &["--policies", s(&registry), "--trusted-keys", s(&trusted)]);
+    assert_ne!(
+        area_of(&without),
+        "eu",
+        "the test needs a non-EU winner without the policy"
+    );
+    let with = route_json(
+        &request,
+        &["--policies", s(&registry), "--trusted-keys", s(&trusted)],
+    );
     assert_eq!(area_of(&with), "eu", "{with:#}");
     let report = &with["policies"][0];
     assert_eq!(report["name"], "eu-residency");
@@ -123,8 +178,18 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
         .filter(|c| c["verdict"]["constraint"] == "policy:eu-residency")
         .collect();
     assert!(!rejected.is_empty());
-    assert!(rejected[0]["verdict"]["reason"].as_str().unwrap().contains("EU tenant"));
-    assert!(with["explanation"].as_str().unwrap().contains("Policy eu-residency@1.0.0 rejected"));
+    assert!(
+        rejected[0]["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("EU tenant")
+    );
+    assert!(
+        with["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("Policy eu-residency@1.0.0 rejected")
+    );
 
     // Without trusted keys the router refuses to load policies at all.
     let o = route_with_models(&request, &["--policies", s(&registry)]);
@@ -136,10 +201,22 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&module, bytes).unwrap();
-    let o = route_with_models(&request, &["--json", "--policies", s(&registry), "--trusted-keys", s(&trusted)]);
+    let o = route_with_models(
+        &request,
+        &[
+            "--json",
+            "--policies",
+            s(&registry),
+            "--trusted-keys",
+            s(&trusted),
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("not loaded") && err.contains("tampered or corrupt"), "{err}");
+    assert!(
+        err.contains("not loaded") && err.contains("tampered or corrupt"),
+        "{err}"
+    );
     let decision: Value = serde_json::from_str(&out).unwrap();
     assert!(decision.get("policies").is_none());
 }
@@ -147,8 +224,16 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
 #[test]
 fn replay_reports_what_a_policy_would_have_changed() {
     let o = run(&[
-        "policy", "replay", s(&example("edge-rtt")), "--telemetry", s(telemetry()), "--models",
-        s(models()), "--limit", "500", "--json",
+        "policy",
+        "replay",
+        s(&example("edge-rtt")),
+        "--telemetry",
+        s(telemetry()),
+        "--models",
+        s(models()),
+        "--limit",
+        "500",
+        "--json",
     ]);
     let summary: Value = serde_json::from_str(&ok(&o)).unwrap();
     let decisions = summary["decisions"].as_u64().unwrap();
@@ -156,4 +241,55 @@ fn replay_reports_what_a_policy_would_have_changed() {
     let flipped = summary["flipped"].as_u64().unwrap();
     assert!(flipped > 0 && flipped < decisions, "{summary}");
     assert_eq!(summary["policy_failures"], 0);
+}
+
+#[test]
+fn failing_policies_fail_closed_as_filters_and_open_as_scorers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("registry");
+    let key = tmp.path().join("k.key");
+    ok(&run(&["policy", "keygen", "--out", s(&key)]));
+    let trusted = tmp.path().join("k.pub");
+    let trap = repo("policies-wasm/guest/fixtures/trap");
+    for (name, kind) in [("guard", "filter"), ("nudge", "scorer")] {
+        ok(&publish(
+            &trap,
+            &key,
+            &registry,
+            &["--name", name, "--version", "1.0.0", "--kind", kind],
+        ));
+    }
+    let request = tmp.path().join("hostile.yaml");
+    std::fs::write(
+        &request,
+        "language: python\ncode: print(1)\nlabels:\n  hostile: trap\n",
+    )
+    .unwrap();
+    let args = ["--policies", s(&registry), "--trusted-keys", s(&trusted)];
+
+    // The filter traps and fails closed: no candidate is left, and the error names it.
+    let o = route_with_models(&request, &args);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("policy:guard removed"), "{err}");
+
+    // Without the filter, the trapping scorer is ignored and the explanation says so.
+    std::fs::remove_dir_all(registry.join("guard")).unwrap();
+    let mut json_args = vec!["--json"];
+    json_args.extend_from_slice(&args);
+    let o = route_with_models(&request, &json_args);
+    let decision: Value = serde_json::from_str(&ok(&o)).unwrap();
+    let report = &decision["policies"][0];
+    assert_eq!(report["name"], "nudge");
+    assert_eq!(report["failure"]["kind"], "trap");
+    assert_eq!(report["failure_mode"], "fail_open");
+    let explanation = decision["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("Policy nudge@1.0.0 failed (trap"),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("ignored (fails open)"),
+        "{explanation}"
+    );
 }

@@ -23,10 +23,9 @@ pub fn componentize(core_module: &[u8]) -> Result<Vec<u8>, PoliciesError> {
 /// Writes a new policy crate `dir` (named after its last component) that depends on the SDK
 /// at `sdk`.
 pub fn scaffold(dir: &Path, sdk: &Path) -> Result<(), PoliciesError> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PoliciesError::Invalid(format!("{}: not a policy directory name", dir.display())))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        PoliciesError::Invalid(format!("{}: not a policy directory name", dir.display()))
+    })?;
     check_name(name)?;
     if dir.exists() {
         return Err(PoliciesError::Invalid(format!(
@@ -145,7 +144,11 @@ expect:
 /// `dir`). `target_dir` defaults to cargo's own choice (`CARGO_TARGET_DIR`, else the
 /// workspace's `target/`). Returns the component's path
 /// (`<target>/wasm32-unknown-unknown/release/<package>.component.wasm`).
-pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Result<PathBuf, PoliciesError> {
+pub fn build(
+    dir: &Path,
+    package: Option<&str>,
+    target_dir: Option<&Path>,
+) -> Result<PathBuf, PoliciesError> {
     let manifest = dir.join("Cargo.toml");
     let build_err = |reason: String| PoliciesError::Build {
         dir: dir.to_owned(),
@@ -161,7 +164,13 @@ pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Re
         None => cargo_target_dir(&cargo, &manifest).map_err(build_err)?,
     };
     let output = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--package"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--package",
+        ])
         .arg(&package)
         .arg("--manifest-path")
         .arg(&manifest)
@@ -174,7 +183,9 @@ pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Re
         .map_err(|e| build_err(format!("running cargo: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("wasm32-unknown-unknown") && stderr.contains("target may not be installed") {
+        let hint = if stderr.contains("wasm32-unknown-unknown")
+            && stderr.contains("target may not be installed")
+        {
             "\nhint: rustup target add wasm32-unknown-unknown"
         } else {
             ""
@@ -193,7 +204,13 @@ pub fn build(dir: &Path, package: Option<&str>, target_dir: Option<&Path>) -> Re
 /// The target directory cargo uses for `manifest` (honours `CARGO_TARGET_DIR` and workspaces).
 fn cargo_target_dir(cargo: &std::ffi::OsStr, manifest: &Path) -> Result<PathBuf, String> {
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .output()
         .map_err(|e| format!("running cargo metadata: {e}"))?;
@@ -245,7 +262,7 @@ pub fn sdk_dir() -> PathBuf {
 /// under `$CARGO_TARGET_DIR/policy-guests` when that is set (so CI reuses it) or the guest
 /// workspace's own `target/`.
 pub fn build_guest(package: &str) -> Result<PathBuf, PoliciesError> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| PathBuf::from(d).join("policy-guests"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("policy-guests"));
     build(&guest_workspace(), Some(package), target.as_deref())
 }

@@ -3,6 +3,7 @@
 //! reused across calls), and the validation of what a policy answers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sandstorm_features::{Candidate, DecisionContext, IsolationBackend, ProviderKind, RunRequest};
 
@@ -15,8 +16,8 @@ mod wit {
 }
 
 pub(crate) use wit::{
-    Backend as WitBackend, Candidates as WitCandidates, Policy, PolicyPre,
-    ProviderKind as WitKind, Request as WitRequest, Verdicts as WitVerdicts,
+    Backend as WitBackend, Candidates as WitCandidates, Policy, PolicyPre, ProviderKind as WitKind,
+    Request as WitRequest, Verdicts as WitVerdicts,
 };
 
 /// ABI version of the contract (the WIT package version).
@@ -35,7 +36,9 @@ const MAX_NAMES: usize = 4096;
 /// One candidate as a policy sees it: the catalog entry and its predictions.
 #[derive(Debug, Clone, Copy)]
 pub struct PolicyCandidate<'a> {
-    pub candidate: &'a Candidate,
+    /// Shared, so a worker can keep the columns of the last candidate set it saw and reuse
+    /// them while the set stays the same (the usual case from one request to the next).
+    pub candidate: &'a Arc<Candidate>,
     pub cost_usd: f64,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
@@ -43,21 +46,52 @@ pub struct PolicyCandidate<'a> {
 }
 
 /// The validated answer of one policy for one request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdicts {
+    /// Distinct reasons; the per-candidate entries index into it.
+    reasons: Vec<String>,
     /// Per candidate: `Some(reason)` when rejected.
-    pub rejected: Vec<Option<String>>,
-    /// Per candidate: the clamped factor and its reason, `None` when the factor is 1.
-    pub adjusted: Vec<Option<(f64, String)>>,
+    rejected: Vec<Option<u16>>,
+    /// Per candidate: the clamped factor and its reason, `None` when it is 1 (or rejected).
+    adjusted: Vec<Option<(f64, u16)>>,
 }
 
 impl Verdicts {
+    /// Number of candidates judged.
+    pub fn len(&self) -> usize {
+        self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rejected.is_empty()
+    }
+
+    /// Why candidate `i` was rejected, if it was.
+    pub fn rejection(&self, i: usize) -> Option<&str> {
+        self.rejected[i].map(|r| self.reason(r))
+    }
+
+    /// Candidate `i`'s factor and why, unless it is 1.
+    pub fn adjustment(&self, i: usize) -> Option<(f64, &str)> {
+        self.adjusted[i].map(|(f, r)| (f, self.reason(r)))
+    }
+
     pub fn n_rejected(&self) -> usize {
         self.rejected.iter().filter(|r| r.is_some()).count()
     }
 
     pub fn n_adjusted(&self) -> usize {
         self.adjusted.iter().filter(|a| a.is_some()).count()
+    }
+
+    fn reason(&self, r: u16) -> &str {
+        match r {
+            0 => "no reason given",
+            k => self
+                .reasons
+                .get(usize::from(k) - 1)
+                .map_or("", String::as_str),
+        }
     }
 }
 
@@ -67,6 +101,9 @@ pub(crate) struct InputBuffers {
     pub(crate) request: WitRequest,
     pub(crate) candidates: WitCandidates,
     interned: HashMap<String, u16>,
+    /// The candidates the static columns were last filled from (kept alive, so a pointer
+    /// match means the very same candidate).
+    last: Vec<Arc<Candidate>>,
 }
 
 impl Default for InputBuffers {
@@ -100,6 +137,7 @@ impl Default for InputBuffers {
                 failure_prob: Vec::new(),
             },
             interned: HashMap::new(),
+            last: Vec::new(),
         }
     }
 }
@@ -129,8 +167,7 @@ impl InputBuffers {
         r.allow_network = request.allow_network;
         // BTreeMap iteration is sorted by key, as the contract promises.
         if r.labels.len() != request.labels.len()
-            || r
-                .labels
+            || r.labels
                 .iter()
                 .zip(&request.labels)
                 .any(|((k, v), (k2, v2))| k != k2 || v != v2)
@@ -140,6 +177,30 @@ impl InputBuffers {
                 .extend(request.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
 
+        let same = self.last.len() == candidates.len()
+            && self
+                .last
+                .iter()
+                .zip(candidates)
+                .all(|(a, b)| Arc::ptr_eq(a, b.candidate));
+        if !same {
+            self.fill_static(candidates);
+        }
+        let c = &mut self.candidates;
+        c.cost_usd.clear();
+        c.latency_p50_ms.clear();
+        c.latency_p95_ms.clear();
+        c.failure_prob.clear();
+        for pc in candidates {
+            c.cost_usd.push(pc.cost_usd);
+            c.latency_p50_ms.push(pc.latency_p50_ms as f32);
+            c.latency_p95_ms.push(pc.latency_p95_ms as f32);
+            c.failure_prob.push(pc.failure_prob as f32);
+        }
+    }
+
+    /// The columns that depend only on the candidates, not on the predictions.
+    fn fill_static(&mut self, candidates: &[PolicyCandidate<'_>]) {
         if self.interned.len() > MAX_NAMES {
             self.interned.clear();
             self.candidates.names.clear();
@@ -152,12 +213,10 @@ impl InputBuffers {
         c.backend.clear();
         c.isolation.clear();
         c.rtt_ms.clear();
-        c.cost_usd.clear();
-        c.latency_p50_ms.clear();
-        c.latency_p95_ms.clear();
-        c.failure_prob.clear();
+        self.last.clear();
         for pc in candidates {
-            let cand = pc.candidate;
+            let cand = &**pc.candidate;
+            self.last.push(Arc::clone(pc.candidate));
             let provider = intern(&mut self.interned, &mut c.names, &cand.provider);
             let region = intern(&mut self.interned, &mut c.names, &cand.region);
             let area = intern(&mut self.interned, &mut c.names, &cand.area);
@@ -179,10 +238,6 @@ impl InputBuffers {
             });
             c.isolation.push(cand.isolation_level().strength());
             c.rtt_ms.push(cand.rtt_ms as f32);
-            c.cost_usd.push(pc.cost_usd);
-            c.latency_p50_ms.push(pc.latency_p50_ms as f32);
-            c.latency_p95_ms.push(pc.latency_p95_ms as f32);
-            c.failure_prob.push(pc.failure_prob as f32);
         }
     }
 }
@@ -213,35 +268,39 @@ pub(crate) fn validate(raw: WitVerdicts, n: usize) -> Result<Verdicts, String> {
             raw.reasons.len()
         ));
     }
-    let reasons: Vec<String> = raw.reasons.into_iter().map(cut_reason).collect();
+    let mut reasons = raw.reasons;
+    for r in &mut reasons {
+        cut_reason(r);
+    }
     let mut rejected = Vec::with_capacity(n);
     let mut adjusted = Vec::with_capacity(n);
     for i in 0..n {
-        let reason = match raw.reason[i] {
-            0 => None,
-            k => Some(reasons.get(usize::from(k) - 1).ok_or_else(|| {
-                format!(
-                    "candidate {i}: reason index {k} is past the end of its {} reasons",
-                    reasons.len()
-                )
-            })?),
-        };
-        let reason_text = || reason.cloned().unwrap_or_else(|| "no reason given".to_owned());
-        rejected.push(raw.reject[i].then(reason_text));
+        let reason = raw.reason[i];
+        if usize::from(reason) > reasons.len() {
+            return Err(format!(
+                "candidate {i}: reason index {reason} is past the end of its {} reasons",
+                reasons.len()
+            ));
+        }
         let factor = f64::from(raw.factor[i]);
         if factor.is_nan() {
             return Err(format!("candidate {i}: factor is NaN"));
         }
+        rejected.push(raw.reject[i].then_some(reason));
         adjusted.push(if factor == 1.0 || raw.reject[i] {
             None
         } else {
-            Some((factor.clamp(FACTOR_RANGE.0, FACTOR_RANGE.1), reason_text()))
+            Some((factor.clamp(FACTOR_RANGE.0, FACTOR_RANGE.1), reason))
         });
     }
-    Ok(Verdicts { rejected, adjusted })
+    Ok(Verdicts {
+        reasons,
+        rejected,
+        adjusted,
+    })
 }
 
-fn cut_reason(mut s: String) -> String {
+fn cut_reason(s: &mut String) {
     if s.len() > MAX_REASON_BYTES {
         let mut end = MAX_REASON_BYTES;
         while !s.is_char_boundary(end) {
@@ -250,7 +309,6 @@ fn cut_reason(mut s: String) -> String {
         s.truncate(end);
         s.push('…');
     }
-    s
 }
 
 #[cfg(test)]
@@ -271,7 +329,10 @@ mod tests {
         let mut v = raw(3);
         v.factor.pop();
         let err = validate(v, 3).unwrap_err();
-        assert!(err.contains("3 rejections, 2 factors and 3 reasons for 3 candidates"), "{err}");
+        assert!(
+            err.contains("3 rejections, 2 factors and 3 reasons for 3 candidates"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -281,8 +342,8 @@ mod tests {
         v.reason = vec![1, 1];
         v.reasons = vec!["x".into()];
         let ok = validate(v, 2).unwrap();
-        assert_eq!(ok.adjusted[0], Some((10.0, "x".into())));
-        assert_eq!(ok.adjusted[1], Some((0.1, "x".into())));
+        assert_eq!(ok.adjustment(0), Some((10.0, "x")));
+        assert_eq!(ok.adjustment(1), Some((0.1, "x")));
         let mut v = raw(1);
         v.factor = vec![f32::NAN];
         assert!(validate(v, 1).unwrap_err().contains("NaN"));
@@ -300,7 +361,8 @@ mod tests {
 
     #[test]
     fn long_reasons_are_cut_at_a_char_boundary() {
-        let s = cut_reason("é".repeat(400));
+        let mut s = "é".repeat(400);
+        cut_reason(&mut s);
         assert!(s.len() <= MAX_REASON_BYTES + '…'.len_utf8());
         assert!(s.ends_with('…'));
     }

@@ -201,14 +201,12 @@ impl PolicyEngine {
                 imports: imports.join(", "),
             });
         }
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PoliciesError::InvalidComponent {
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            PoliciesError::InvalidComponent {
                 what: what.to_owned(),
                 reason: format!("{e:#}"),
-            })?;
+            }
+        })?;
         let pre = PolicyPre::new(instance_pre).map_err(|e| PoliciesError::WrongExports {
             what: what.to_owned(),
             abi: ABI_VERSION,

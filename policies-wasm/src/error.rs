@@ -37,7 +37,9 @@ pub enum PoliciesError {
         expected: &'static str,
     },
     /// The module's bytes do not match the sha256 in its manifest.
-    #[error("policy {name}@{version}: module sha256 {actual} does not match the manifest's {expected} (tampered or corrupt)")]
+    #[error(
+        "policy {name}@{version}: module sha256 {actual} does not match the manifest's {expected} (tampered or corrupt)"
+    )]
     DigestMismatch {
         name: String,
         version: String,

@@ -32,5 +32,5 @@ pub use registry::{
     FailureMode, Manifest, PolicyKey, PolicyKind, Registry, RegistryEntry, TrustedKeys,
     VerifiedPolicy, check_name, parse_version, sha256_hex, verify_dir,
 };
-pub use store::{CRASH_LOOP_THRESHOLD, PolicyStore, PolicySummary, SyncReport};
+pub use store::{CRASH_LOOP_THRESHOLD, PolicyStore, PolicySummary, RegistryWatch, SyncReport};
 pub use worker::{FailureKind, HostState, PolicyFailure, PolicyOutcome, PolicyWorker};

@@ -182,10 +182,12 @@ impl TrustedKeys {
                 continue;
             }
             let hex_key = line.split_whitespace().next().unwrap_or(line);
-            keys.push(parse_public_key(hex_key).map_err(|reason| PoliciesError::BadFile {
-                path: path.to_owned(),
-                reason: format!("line {}: {reason}", n + 1),
-            })?);
+            keys.push(
+                parse_public_key(hex_key).map_err(|reason| PoliciesError::BadFile {
+                    path: path.to_owned(),
+                    reason: format!("line {}: {reason}", n + 1),
+                })?,
+            );
         }
         Ok(Self { keys })
     }
@@ -262,7 +264,8 @@ impl PolicyKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| PoliciesError::io(path, e))?;
-        writeln!(f, "{}", hex::encode(self.key.to_bytes())).map_err(|e| PoliciesError::io(path, e))?;
+        writeln!(f, "{}", hex::encode(self.key.to_bytes()))
+            .map_err(|e| PoliciesError::io(path, e))?;
         let public = path.with_extension("pub");
         fs::write(&public, format!("{}\n", self.public_hex()))
             .map_err(|e| PoliciesError::io(&public, e))?;
@@ -370,7 +373,8 @@ impl Registry {
             if !name.path().is_dir() || name.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let versions = fs::read_dir(name.path()).map_err(|e| PoliciesError::io(name.path(), e))?;
+            let versions =
+                fs::read_dir(name.path()).map_err(|e| PoliciesError::io(name.path(), e))?;
             for v in versions.flatten() {
                 let dir = v.path();
                 if v.file_name().to_string_lossy().starts_with('.') || !dir.is_dir() {
@@ -378,7 +382,9 @@ impl Registry {
                 }
                 match read_manifest(&dir) {
                     Ok((manifest, _)) => out.push(RegistryEntry { manifest, dir }),
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping a registry entry"),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "skipping a registry entry")
+                    }
                 }
             }
         }
@@ -441,10 +447,11 @@ pub fn verify_dir(dir: &Path, trust: &TrustedKeys) -> Result<VerifiedPolicy, Pol
         }
         Err(e) => return Err(PoliciesError::io(&sig_path, e)),
     };
-    let sig: SignatureFile = serde_json::from_slice(&sig_text).map_err(|e| PoliciesError::BadFile {
-        path: sig_path.clone(),
-        reason: format!("not a signature file: {e}"),
-    })?;
+    let sig: SignatureFile =
+        serde_json::from_slice(&sig_text).map_err(|e| PoliciesError::BadFile {
+            path: sig_path.clone(),
+            reason: format!("not a signature file: {e}"),
+        })?;
     let key = parse_public_key(&sig.key).map_err(&untrusted)?;
     if !trust.contains(&key) {
         return Err(untrusted(format!(
@@ -457,7 +464,9 @@ pub fn verify_dir(dir: &Path, trust: &TrustedKeys) -> Result<VerifiedPolicy, Pol
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| untrusted("the signature is not 128 hex characters".into()))?;
     key.verify(&manifest_bytes, &Signature::from_bytes(&signature))
-        .map_err(|_| untrusted("the signature does not match the manifest (tampered manifest)".into()))?;
+        .map_err(|_| {
+            untrusted("the signature does not match the manifest (tampered manifest)".into())
+        })?;
     let module_path = dir.join(MODULE_FILE);
     let module = fs::read(&module_path).map_err(|e| PoliciesError::io(&module_path, e))?;
     let actual = sha256_hex(&module);
@@ -522,7 +531,9 @@ mod tests {
 
         // A changed manifest no longer matches the signature.
         let p = latest[0].dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&p).unwrap().replace("\"me\"", "\"mallory\"");
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"me\"", "\"mallory\"");
         fs::write(&p, text).unwrap();
         let err = reg.verify(&latest[0], &trust).unwrap_err().to_string();
         assert!(err.contains("tampered manifest"), "{err}");

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -108,6 +110,23 @@ pub struct SyncReport {
     pub refused: Vec<(String, PoliciesError)>,
 }
 
+/// A background registry sync started by [`PolicyStore::watch`]; stops when dropped.
+#[derive(Debug)]
+pub struct RegistryWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for RegistryWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
 /// The router's active policies: shared by all workers, updated atomically.
 #[derive(Clone)]
 pub struct PolicyStore {
@@ -160,6 +179,12 @@ impl PolicyStore {
     pub fn install_module(&self, manifest: Manifest, module: &[u8]) -> Result<(), PoliciesError> {
         let what = manifest.id();
         let compiled = self.engine.compile(&what, module, manifest)?;
+        compiled
+            .check_instantiation()
+            .map_err(|f| PoliciesError::InvalidComponent {
+                what,
+                reason: format!("cannot be instantiated: {f}"),
+            })?;
         self.install(compiled);
         Ok(())
     }
@@ -192,7 +217,13 @@ impl PolicyStore {
                     }
                 });
             slots.push(Arc::new(PolicySlot::new(Arc::clone(&version), last_good)));
-            slots.sort_by(|a, b| a.current.policy.manifest.name.cmp(&b.current.policy.manifest.name));
+            slots.sort_by(|a, b| {
+                a.current
+                    .policy
+                    .manifest
+                    .name
+                    .cmp(&b.current.policy.manifest.name)
+            });
             PolicySet { slots }
         });
         tracing::info!(policy = %version.policy.manifest.id(), "policy installed");
@@ -217,7 +248,11 @@ impl PolicyStore {
     /// Installs the newest version of every policy in `registry` that verifies against
     /// `trust` and compiles, unless it is already installed. A version that fails leaves the
     /// installed one (if any) active and is reported.
-    pub fn sync(&self, registry: &Registry, trust: &TrustedKeys) -> Result<SyncReport, PoliciesError> {
+    pub fn sync(
+        &self,
+        registry: &Registry,
+        trust: &TrustedKeys,
+    ) -> Result<SyncReport, PoliciesError> {
         let mut report = SyncReport::default();
         for entry in registry.latest()? {
             let id = entry.manifest.id();
@@ -241,6 +276,27 @@ impl PolicyStore {
             }
         }
         Ok(report)
+    }
+
+    /// Syncs with `registry` now and then every `every` on a background thread, until the
+    /// returned [`RegistryWatch`] is dropped: new versions are installed atomically while the
+    /// router serves; refused ones are logged and leave the active version in place.
+    pub fn watch(&self, registry: Registry, trust: TrustedKeys, every: Duration) -> RegistryWatch {
+        let store = self.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = store.sync(&registry, &trust) {
+                    tracing::warn!(registry = %registry.root().display(), error = %e, "policy registry sync failed");
+                }
+                std::thread::park_timeout(every);
+            }
+        });
+        RegistryWatch {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The active policies.

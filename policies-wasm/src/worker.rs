@@ -14,6 +14,7 @@ use serde::Serialize;
 use wasmtime::{ResourceLimiter, Store, Trap};
 
 use crate::contract::{InputBuffers, Policy, PolicyCandidate, Verdicts, validate};
+use crate::engine::{CompiledPolicy, PolicyEngine};
 use crate::registry::{FailureMode, PolicyKind};
 use crate::store::{ActiveVersion, PolicySlot, PolicyStore};
 
@@ -239,6 +240,31 @@ impl PolicyWorker {
     }
 }
 
+impl CompiledPolicy {
+    /// Instantiates the policy once in a fresh store and drops it: what a worker pays for a
+    /// cold instance (from the pool), and a load-time check that instantiation works.
+    pub fn check_instantiation(&self) -> Result<(), PolicyFailure> {
+        let mut store = new_store(&self.engine);
+        self.pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| classify(&store, &e, FailureKind::Instantiation))
+    }
+}
+
+fn new_store(engine: &PolicyEngine) -> Store<HostState> {
+    let mut store = Store::new(
+        engine.engine(),
+        HostState {
+            max_memory: engine.limits().memory_bytes,
+            memory_refused: false,
+        },
+    );
+    store.limiter(|s| s);
+    store.epoch_deadline_trap();
+    store
+}
+
 /// The warm instance of `version`, instantiated from the pool when there is none.
 fn instance<'w>(
     warm: &'w mut HashMap<u64, Warm>,
@@ -247,16 +273,7 @@ fn instance<'w>(
     match warm.entry(version.id) {
         Entry::Occupied(e) => Ok(e.into_mut()),
         Entry::Vacant(slot) => {
-            let engine = &version.policy.engine;
-            let mut store = Store::new(
-                engine.engine(),
-                HostState {
-                    max_memory: engine.limits().memory_bytes,
-                    memory_refused: false,
-                },
-            );
-            store.limiter(|s| s);
-            store.epoch_deadline_trap();
+            let mut store = new_store(&version.policy.engine);
             let policy = version
                 .policy
                 .pre

@@ -3,7 +3,7 @@
 //! oversized, unsigned or tampered modules) are contained with a clear error while the
 //! host keeps working.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sandstorm_features::{Candidate, Catalog, DecisionContext, RunRequest};
@@ -17,9 +17,15 @@ fn component(package: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-fn candidates() -> &'static [Candidate] {
-    static C: OnceLock<Vec<Candidate>> = OnceLock::new();
-    C.get_or_init(|| Catalog::default_catalog().candidates())
+fn candidates() -> &'static [Arc<Candidate>] {
+    static C: OnceLock<Vec<Arc<Candidate>>> = OnceLock::new();
+    C.get_or_init(|| {
+        Catalog::default_catalog()
+            .candidates()
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    })
 }
 
 fn policy_candidates() -> Vec<PolicyCandidate<'static>> {
@@ -64,12 +70,15 @@ fn run_one(store: &PolicyStore, req: &RunRequest) -> PolicyOutcome {
 
 #[test]
 fn eu_residency_rejects_every_non_eu_candidate_for_eu_tenants_only() {
-    let store = store_with(PolicyLimits::deterministic(), &[("eu-residency", "1.0.0", PolicyKind::Filter)]);
+    let store = store_with(
+        PolicyLimits::deterministic(),
+        &[("eu-residency", "1.0.0", PolicyKind::Filter)],
+    );
     let out = run_one(&store, &request("acme-eu", &[]));
     let v = out.result.unwrap();
-    for (c, rejected) in candidates().iter().zip(&v.rejected) {
-        assert_eq!(rejected.is_some(), c.area != "eu", "{}", c.id);
-        if let Some(reason) = rejected {
+    for (i, c) in candidates().iter().enumerate() {
+        assert_eq!(v.rejection(i).is_some(), c.area != "eu", "{}", c.id);
+        if let Some(reason) = v.rejection(i) {
             assert!(reason.contains("EU"), "{reason}");
         }
     }
@@ -84,15 +93,21 @@ fn untrusted_code_is_kept_off_weak_isolation_and_unknown_labels_are_errors() {
         PolicyLimits::deterministic(),
         &[("untrusted-isolation", "1.0.0", PolicyKind::Filter)],
     );
-    let v = run_one(&store, &request("t", &[("trust", "untrusted")])).result.unwrap();
-    for (c, rejected) in candidates().iter().zip(&v.rejected) {
+    let v = run_one(&store, &request("t", &[("trust", "untrusted")]))
+        .result
+        .unwrap();
+    for (i, c) in candidates().iter().enumerate() {
         let weak = c.isolation_level() < sandstorm_features::IsolationLevel::Gvisor;
-        assert_eq!(rejected.is_some(), weak, "{}", c.id);
+        assert_eq!(v.rejection(i).is_some(), weak, "{}", c.id);
     }
     let out = run_one(&store, &request("t", &[("trust", "maybe")]));
     let err = out.result.unwrap_err();
     assert_eq!(err.kind, FailureKind::PolicyError);
-    assert!(err.message.contains("unknown trust label"), "{}", err.message);
+    assert!(
+        err.message.contains("unknown trust label"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -106,20 +121,34 @@ fn cost_cap_and_edge_preference_adjust_scores() {
     );
     let mut worker = store.worker();
     let cands = policy_candidates();
-    let out = worker.evaluate(&request("t", &[("tier", "free")]), &DecisionContext::now(), 1, &cands);
+    let out = worker.evaluate(
+        &request("t", &[("tier", "free")]),
+        &DecisionContext::now(),
+        1,
+        &cands,
+    );
     let names: Vec<&str> = out.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["edge-rtt", "tenant-cost-cap"]);
     let edge = out[0].result.as_ref().unwrap();
-    for ((c, adj), pc) in candidates().iter().zip(&edge.adjusted).zip(&cands) {
+    for (i, c) in candidates().iter().enumerate() {
         let near = c.rtt_ms <= 30.0 && c.provider_kind == sandstorm_features::ProviderKind::Local;
         if near {
-            assert_eq!(adj.as_ref().map(|a| a.0), Some(0.800000011920929), "{}", c.id);
+            assert_eq!(
+                edge.adjustment(i).map(|a| a.0),
+                Some(0.800000011920929),
+                "{}",
+                c.id
+            );
         }
-        let _ = pc;
     }
     let cap = out[1].result.as_ref().unwrap();
-    for (pc, rejected) in cands.iter().zip(&cap.rejected) {
-        assert_eq!(rejected.is_some(), pc.cost_usd > 0.0005, "{}", pc.candidate.id);
+    for (i, pc) in cands.iter().enumerate() {
+        assert_eq!(
+            cap.rejection(i).is_some(),
+            pc.cost_usd > 0.0005,
+            "{}",
+            pc.candidate.id
+        );
     }
 }
 
@@ -149,7 +178,9 @@ fn an_infinite_loop_runs_out_of_fuel_in_deterministic_mode() {
         ..PolicyLimits::deterministic()
     };
     let store = store_with(limits, &[("infinite-loop", "1.0.0", PolicyKind::Filter)]);
-    let err = run_one(&store, &request("t", &[("hostile", "spin")])).result.unwrap_err();
+    let err = run_one(&store, &request("t", &[("hostile", "spin")]))
+        .result
+        .unwrap_err();
     assert_eq!(err.kind, FailureKind::OutOfFuel, "{err}");
 }
 
@@ -162,7 +193,12 @@ fn a_memory_bomb_hits_the_memory_limit() {
     let store = store_with(limits, &[("memory-bomb", "1.0.0", PolicyKind::Filter)]);
     let mut worker = store.worker();
     let ctx = DecisionContext::now();
-    let out = worker.evaluate(&request("t", &[("hostile", "memory")]), &ctx, 1, &policy_candidates());
+    let out = worker.evaluate(
+        &request("t", &[("hostile", "memory")]),
+        &ctx,
+        1,
+        &policy_candidates(),
+    );
     let err = out[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind, FailureKind::MemoryLimit, "{err}");
     assert!(err.message.contains("8 MiB"), "{err}");
@@ -172,31 +208,51 @@ fn a_memory_bomb_hits_the_memory_limit() {
 
 #[test]
 fn a_trap_is_reported_and_contained() {
-    let store = store_with(PolicyLimits::deterministic(), &[("trap", "1.0.0", PolicyKind::Filter)]);
-    let err = run_one(&store, &request("t", &[("hostile", "trap")])).result.unwrap_err();
+    let store = store_with(
+        PolicyLimits::deterministic(),
+        &[("trap", "1.0.0", PolicyKind::Filter)],
+    );
+    let err = run_one(&store, &request("t", &[("hostile", "trap")]))
+        .result
+        .unwrap_err();
     assert_eq!(err.kind, FailureKind::Trap, "{err}");
-    assert!(err.message.contains("unreachable") || err.message.contains("wasm trap"), "{err}");
+    assert!(
+        err.message.contains("unreachable") || err.message.contains("wasm trap"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_verdict_counts_and_bad_reasons_are_invalid_output() {
-    let store = store_with(PolicyLimits::deterministic(), &[("wrong-count", "1.0.0", PolicyKind::Filter)]);
+    let store = store_with(
+        PolicyLimits::deterministic(),
+        &[("wrong-count", "1.0.0", PolicyKind::Filter)],
+    );
     let err = run_one(&store, &request("t", &[])).result.unwrap_err();
     assert_eq!(err.kind, FailureKind::InvalidOutput);
     let n = candidates().len();
-    assert!(err.message.contains(&format!("{} rejections", n - 1)), "{err}");
+    assert!(
+        err.message.contains(&format!("{} rejections", n - 1)),
+        "{err}"
+    );
 
-    let store = store_with(PolicyLimits::deterministic(), &[("bad-reason", "1.0.0", PolicyKind::Scorer)]);
+    let store = store_with(
+        PolicyLimits::deterministic(),
+        &[("bad-reason", "1.0.0", PolicyKind::Scorer)],
+    );
     let err = run_one(&store, &request("t", &[])).result.unwrap_err();
     assert!(err.message.contains("reason index 9"), "{err}");
-    let err = run_one(&store, &request("t", &[("hostile", "nan")])).result.unwrap_err();
+    let err = run_one(&store, &request("t", &[("hostile", "nan")]))
+        .result
+        .unwrap_err();
     assert!(err.message.contains("NaN"), "{err}");
 }
 
 fn compile_err(package: &str) -> PoliciesError {
     let engine = PolicyEngine::new(PolicyLimits::deterministic()).unwrap();
     let module = component(package);
-    let manifest = Manifest::for_module("hostile", "1.0.0", "tests", PolicyKind::Filter, &module).unwrap();
+    let manifest =
+        Manifest::for_module("hostile", "1.0.0", "tests", PolicyKind::Filter, &module).unwrap();
     engine.compile(package, &module, manifest).unwrap_err()
 }
 
@@ -220,11 +276,20 @@ fn oversized_modules_and_core_modules_are_refused() {
     let big = wat::parse_str(&wat).unwrap();
     assert!(big.len() > 50 << 20);
     let manifest = Manifest::for_module("big", "1.0.0", "t", PolicyKind::Filter, &big).unwrap();
-    let err = engine.compile("big", &big, manifest.clone()).unwrap_err().to_string();
-    assert!(err.contains("more than the limit of 8388608 bytes"), "{err}");
+    let err = engine
+        .compile("big", &big, manifest.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("more than the limit of 8388608 bytes"),
+        "{err}"
+    );
 
     let core = wat::parse_str("(module)").unwrap();
-    let err = engine.compile("core", &core, manifest).unwrap_err().to_string();
+    let err = engine
+        .compile("core", &core, manifest)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a component"), "{err}");
 }
 
@@ -234,7 +299,10 @@ fn a_crash_looping_version_falls_back_to_the_last_good_one() {
     let good = component("noop");
     let bad = component("trap");
     store
-        .install_module(Manifest::for_module("guard", "1.0.0", "t", PolicyKind::Filter, &good).unwrap(), &good)
+        .install_module(
+            Manifest::for_module("guard", "1.0.0", "t", PolicyKind::Filter, &good).unwrap(),
+            &good,
+        )
         .unwrap();
     let mut worker = store.worker();
     let ctx = DecisionContext::now();
@@ -242,7 +310,10 @@ fn a_crash_looping_version_falls_back_to_the_last_good_one() {
     let hostile = request("t", &[("hostile", "trap")]);
     assert!(worker.evaluate(&hostile, &ctx, 1, &cands)[0].result.is_ok());
     store
-        .install_module(Manifest::for_module("guard", "1.1.0", "t", PolicyKind::Filter, &bad).unwrap(), &bad)
+        .install_module(
+            Manifest::for_module("guard", "1.1.0", "t", PolicyKind::Filter, &bad).unwrap(),
+            &bad,
+        )
         .unwrap();
     for _ in 0..sandstorm_policies_wasm::CRASH_LOOP_THRESHOLD {
         let out = worker.evaluate(&hostile, &ctx, 1, &cands);
@@ -264,27 +335,87 @@ fn the_registry_loads_only_signed_versions_and_keeps_the_old_one_on_failure() {
     let key = PolicyKey::generate();
     let trust = TrustedKeys::from_hex(&[&key.public_hex()]).unwrap();
     let module = component("eu-residency");
-    let v1 = Manifest::for_module("eu-residency", "1.0.0", "t", PolicyKind::Filter, &module).unwrap();
+    let v1 =
+        Manifest::for_module("eu-residency", "1.0.0", "t", PolicyKind::Filter, &module).unwrap();
     registry.publish(&v1, &module, &key).unwrap();
     let store = PolicyStore::new(PolicyEngine::new(PolicyLimits::deterministic()).unwrap());
     let report = store.sync(&registry, &trust).unwrap();
     assert_eq!(report.installed, ["eu-residency@1.0.0"]);
-    assert!(store.sync(&registry, &trust).unwrap().installed.is_empty(), "already installed");
+    assert!(
+        store.sync(&registry, &trust).unwrap().installed.is_empty(),
+        "already installed"
+    );
 
     // A newer version signed by an untrusted key is refused; 1.0.0 stays active.
     let mallory = PolicyKey::generate();
-    let v2 = Manifest::for_module("eu-residency", "1.1.0", "mallory", PolicyKind::Filter, &module).unwrap();
+    let v2 = Manifest::for_module(
+        "eu-residency",
+        "1.1.0",
+        "mallory",
+        PolicyKind::Filter,
+        &module,
+    )
+    .unwrap();
     registry.publish(&v2, &module, &mallory).unwrap();
     let report = store.sync(&registry, &trust).unwrap();
     assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].1.to_string().contains("not among the trusted keys"));
+    assert!(
+        report.refused[0]
+            .1
+            .to_string()
+            .contains("not among the trusted keys")
+    );
     assert_eq!(store.list()[0].active_version, "1.0.0");
 
     // A trusted version whose module was swapped after signing is refused too.
-    let v3 = Manifest::for_module("eu-residency", "1.2.0", "t", PolicyKind::Filter, &module).unwrap();
+    let v3 =
+        Manifest::for_module("eu-residency", "1.2.0", "t", PolicyKind::Filter, &module).unwrap();
     let dir3 = registry.publish(&v3, &module, &key).unwrap();
     std::fs::write(dir3.join("policy.wasm"), component("noop")).unwrap();
     let report = store.sync(&registry, &trust).unwrap();
-    assert!(report.refused[0].1.to_string().contains("tampered"), "{:?}", report.refused);
+    assert!(
+        report.refused[0].1.to_string().contains("tampered"),
+        "{:?}",
+        report.refused
+    );
     assert_eq!(store.list()[0].active_version, "1.0.0");
+}
+
+#[test]
+fn a_watching_store_hot_swaps_new_versions_from_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path());
+    let key = PolicyKey::generate();
+    let trust = TrustedKeys::from_hex(&[&key.public_hex()]).unwrap();
+    let store = PolicyStore::new(PolicyEngine::new(PolicyLimits::deterministic()).unwrap());
+    let _watch = store.watch(registry.clone(), trust, Duration::from_millis(20));
+    let wait_for = |version: &str| {
+        for _ in 0..500 {
+            if store
+                .list()
+                .first()
+                .is_some_and(|p| p.active_version == version)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("version {version} never became active: {:?}", store.list());
+    };
+    let noop = component("noop");
+    let eu = component("eu-residency");
+    let v1 = Manifest::for_module("residency", "1.0.0", "t", PolicyKind::Filter, &noop).unwrap();
+    registry.publish(&v1, &noop, &key).unwrap();
+    wait_for("1.0.0");
+    // A worker created before the swap sees the new version on its next call.
+    let mut worker = store.worker();
+    let req = request("acme-eu", &[]);
+    let out = worker.evaluate(&req, &DecisionContext::now(), 1, &policy_candidates());
+    assert_eq!(out[0].result.as_ref().unwrap().n_rejected(), 0);
+    let v2 = Manifest::for_module("residency", "2.0.0", "t", PolicyKind::Filter, &eu).unwrap();
+    registry.publish(&v2, &eu, &key).unwrap();
+    wait_for("2.0.0");
+    let out = worker.evaluate(&req, &DecisionContext::now(), 1, &policy_candidates());
+    assert_eq!(out[0].version, "2.0.0");
+    assert!(out[0].result.as_ref().unwrap().n_rejected() > 0);
 }

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sandstorm_features::encoding::{CandidateEncoder, N_FEATURES};
-use sandstorm_policies_wasm::{
-    FailureMode, PolicyCandidate, PolicyFailure, PolicyOutcome, PolicyStore, PolicyWorker,
-};
 use sandstorm_features::telemetry::CandidateScore;
 use sandstorm_features::{
     Candidate, Catalog, DecisionContext, RunRequest, Strategy, static_violation,
+};
+use sandstorm_policies_wasm::{
+    FailureMode, PolicyCandidate, PolicyFailure, PolicyOutcome, PolicyStore, PolicyWorker,
 };
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -524,20 +524,19 @@ impl AppliedPolicies {
             };
             match &o.result {
                 Ok(v) => {
-                    for (i, reason) in v.rejected.iter().enumerate() {
-                        if let Some(reason) = reason {
+                    for i in 0..n.min(v.len()) {
+                        if let Some(reason) = v.rejection(i) {
                             report.rejected += 1;
-                            out.rejected[i].get_or_insert_with(|| (constraint.clone(), reason.clone()));
+                            out.rejected[i]
+                                .get_or_insert_with(|| (constraint.clone(), reason.to_owned()));
                         }
-                    }
-                    for (i, adjusted) in v.adjusted.iter().enumerate() {
-                        if let Some((factor, reason)) = adjusted {
+                        if let Some((factor, reason)) = v.adjustment(i) {
                             report.adjusted += 1;
                             out.factors[i] *= factor;
                             out.adjustments[i].push(PolicyAdjustment {
                                 policy: o.name.clone(),
-                                factor: *factor,
-                                reason: reason.clone(),
+                                factor,
+                                reason: reason.to_owned(),
                             });
                         }
                     }
@@ -584,7 +583,10 @@ fn explain_policies(reports: &[PolicyReport], text: &mut String) {
         } else {
             ""
         };
-        text.push_str(&format!(" Policy {}@{}{fallback} {what}.", r.name, r.version));
+        text.push_str(&format!(
+            " Policy {}@{}{fallback} {what}.",
+            r.name, r.version
+        ));
     }
 }
 

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-
 pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandstorm"));
     c.env_remove("SANDSTORM_MODELS")
@@ -88,4 +87,3 @@ fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
 pub(crate) fn python() -> String {
     std::env::var("SANDSTORM_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
-

@@ -26,9 +26,16 @@ impl Policy for TenantCostCap {
         for c in cands.iter() {
             let cost = c.cost_usd();
             if !(cost <= cap) {
-                out.reject(c.index(), "predicted cost above the tenant tier's cap per request");
+                out.reject(
+                    c.index(),
+                    "predicted cost above the tenant tier's cap per request",
+                );
             } else if cost > 0.8 * cap {
-                out.adjust(c.index(), 1.25, "predicted cost within 20% of the tier's cap");
+                out.adjust(
+                    c.index(),
+                    1.25,
+                    "predicted cost within 20% of the tier's cap",
+                );
             }
         }
         Ok(())

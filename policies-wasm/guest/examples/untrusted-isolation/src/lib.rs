@@ -16,7 +16,11 @@ impl Policy for UntrustedIsolation {
                 "untrusted code needs gVisor or a micro-VM",
             ),
             Some("trusted") => return Ok(()),
-            Some(other) => return Err(format!("unknown trust label {other:?}: expected trusted or untrusted")),
+            Some(other) => {
+                return Err(format!(
+                    "unknown trust label {other:?}: expected trusted or untrusted"
+                ));
+            }
             None if req.allow_network() => (
                 Isolation::Namespace,
                 "code with network access and no trust label needs its own namespaces",
