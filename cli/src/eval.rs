@@ -124,15 +124,8 @@ fn months_before(date: Date, months: i32) -> Date {
     Date::from_calendar_date(year, month, day).unwrap_or(date)
 }
 
-pub(crate) fn strategy_name(s: StrategyKind) -> &'static str {
-    s.as_str()
-}
-
 /// Runs the protocol.
-pub(crate) fn evaluate(
-    opts: &EvalOptions,
-    progress: &dyn Fn(&str),
-) -> Result<EvalResult> {
+pub(crate) fn evaluate(opts: &EvalOptions, progress: &dyn Fn(&str)) -> Result<EvalResult> {
     progress("importing the dataset");
     let import = ImportOptions {
         test_suites: opts.test_suites.clone(),
@@ -213,10 +206,18 @@ pub(crate) fn evaluate(
         .map(|(i, p)| (p.candidate_id.as_str(), i))
         .collect();
 
-    let prices: Vec<f64> = data.placements.iter().map(|p| p.price_usd_per_hour).collect();
+    let prices: Vec<f64> = data
+        .placements
+        .iter()
+        .map(|p| p.price_usd_per_hour)
+        .collect();
     let mut results = Vec::new();
     for &strategy in &opts.strategies {
-        progress(&format!("routing {} requests ({})", test.len(), strategy.as_str()));
+        progress(&format!(
+            "routing {} requests ({})",
+            test.len(),
+            strategy.as_str()
+        ));
         let value = |r: &DayRequest, p: usize| match strategy {
             StrategyKind::OptimizeCost => r.time_ms[p] * prices[p] / 3.6e6,
             _ => r.time_ms[p],
@@ -242,16 +243,18 @@ pub(crate) fn evaluate(
             StrategyKind::OptimizeCost => prices[p].ln(),
             _ => 0.0,
         };
-        let lookup = |r: &DayRequest, level: fn(&sandstorm_features::history::HistoryFeatures) -> Option<f64>| {
-            let scores: Vec<f64> = (0..n_p)
-                .map(|p| level(&r.history[p]).map_or(f64::INFINITY, |l| l + ln_price(p)))
-                .collect();
-            if scores.iter().all(|s| s.is_infinite()) {
-                cheapest
-            } else {
-                argmin(&scores)
-            }
-        };
+        let lookup =
+            |r: &DayRequest,
+             level: fn(&sandstorm_features::history::HistoryFeatures) -> Option<f64>| {
+                let scores: Vec<f64> = (0..n_p)
+                    .map(|p| level(&r.history[p]).map_or(f64::INFINITY, |l| l + ln_price(p)))
+                    .collect();
+                if scores.iter().all(|s| s.is_infinite()) {
+                    cheapest
+                } else {
+                    argmin(&scores)
+                }
+            };
         let mut picks: Vec<Vec<usize>> = vec![Vec::with_capacity(test.len()); POLICIES.len()];
         let mut scratch = Scratch::with_capacity(n_p);
         for (r, v) in test.iter().zip(&values) {
@@ -268,7 +271,10 @@ pub(crate) fn evaluate(
                 .with_context(|| format!("routing {}", run.workload.as_deref().unwrap_or("")))?;
             if tracing::enabled!(tracing::Level::TRACE) {
                 for c in &decision.candidates {
-                    let p = placement_of.get(c.candidate.id.as_str()).copied().unwrap_or(0);
+                    let p = placement_of
+                        .get(c.candidate.id.as_str())
+                        .copied()
+                        .unwrap_or(0);
                     tracing::trace!(
                         workload = run.workload.as_deref().unwrap_or(""),
                         day = r.day,
@@ -363,30 +369,41 @@ pub(crate) fn per_request(values: &[Vec<f64>], picks: &[usize]) -> Vec<(f64, boo
         .collect()
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    // Linear interpolation between closest ranks (numpy's default).
-    if sorted.is_empty() {
+/// The `q` quantile of `v` (linear interpolation, numpy's default), reordering `v` in O(n).
+fn quantile_unsorted(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
         return f64::NAN;
     }
-    let pos = q * (sorted.len() - 1) as f64;
+    let pos = q * (v.len() - 1) as f64;
     let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+    let (_, lo_value, rest) = v.select_nth_unstable_by(lo, f64::total_cmp);
+    let lo_value = *lo_value;
+    let hi_value = if pos > lo as f64 {
+        rest.iter().copied().fold(f64::INFINITY, f64::min)
+    } else {
+        lo_value
+    };
+    lo_value + (hi_value - lo_value) * (pos - lo as f64)
 }
 
-/// The point metrics of one policy on the requests `idx` (indices into `lr`/`hit`).
-fn point(lr: &[(f64, bool)], idx: &mut dyn Iterator<Item = usize>) -> (f64, f64, f64) {
+/// The point metrics (geometric mean, p95, oracle-pick share) of one policy on the requests
+/// `idx` (indices into `lr`), reusing `buf`.
+fn point(
+    lr: &[(f64, bool)],
+    idx: &mut dyn Iterator<Item = usize>,
+    buf: &mut Vec<f64>,
+) -> (f64, f64, f64) {
     let mut sum = 0.0;
     let mut hits = 0usize;
-    let mut ratios = Vec::with_capacity(lr.len());
+    buf.clear();
     for i in idx {
         sum += lr[i].0;
         hits += usize::from(lr[i].1);
-        ratios.push(lr[i].0.exp());
+        buf.push(lr[i].0.exp());
     }
-    let n = ratios.len().max(1) as f64;
-    ratios.sort_by(f64::total_cmp);
-    ((sum / n).exp(), quantile(&ratios, 0.95), hits as f64 / n)
+    let n = buf.len().max(1) as f64;
+    let p95 = quantile_unsorted(buf, 0.95);
+    ((sum / n).exp(), p95, hits as f64 / n)
 }
 
 fn captured(gm_fixed: f64, gm: f64) -> f64 {
@@ -407,9 +424,10 @@ pub(crate) fn metrics(
 ) -> Vec<PolicyMetrics> {
     let per: Vec<Vec<(f64, bool)>> = picks.iter().map(|p| per_request(values, p)).collect();
     let n = values.len();
+    let mut buf = Vec::with_capacity(n);
     let points: Vec<(f64, f64, f64)> = per
         .iter()
-        .map(|lr| point(lr, &mut (0..n)))
+        .map(|lr| point(lr, &mut (0..n), &mut buf))
         .collect();
     let mut rng = StdRng::seed_from_u64(SEED ^ 0xb00_75);
     let mut boots: Vec<Vec<[f64; 4]>> = vec![Vec::with_capacity(resamples); picks.len()];
@@ -420,7 +438,7 @@ pub(crate) fn metrics(
         }
         let pts: Vec<(f64, f64, f64)> = per
             .iter()
-            .map(|lr| point(lr, &mut idx.iter().copied()))
+            .map(|lr| point(lr, &mut idx.iter().copied(), &mut buf))
             .collect();
         let gm_fixed = pts[fixed].0;
         for (b, p) in boots.iter_mut().zip(&pts) {
@@ -428,9 +446,15 @@ pub(crate) fn metrics(
         }
     }
     let ci = |samples: &[[f64; 4]], k: usize| -> [f64; 2] {
-        let mut v: Vec<f64> = samples.iter().map(|s| s[k]).filter(|x| x.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
-        [quantile(&v, 0.025), quantile(&v, 0.975)]
+        let mut v: Vec<f64> = samples
+            .iter()
+            .map(|s| s[k])
+            .filter(|x| x.is_finite())
+            .collect();
+        [
+            quantile_unsorted(&mut v, 0.025),
+            quantile_unsorted(&mut v, 0.975),
+        ]
     };
     let gm_fixed = points[fixed].0;
     POLICIES
@@ -530,7 +554,10 @@ mod tests {
             months_before(d(2024, Month::August, 31), 6),
             d(2024, Month::February, 29)
         );
-        assert_eq!(date_of_day(day_of_date(d(2023, Month::June, 4))), d(2023, Month::June, 4));
+        assert_eq!(
+            date_of_day(day_of_date(d(2023, Month::June, 4))),
+            d(2023, Month::June, 4)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use sandstorm_features::StrategyKind;
 use time::Date;
 
 use crate::common;
-use crate::eval::{self, EvalOptions, EvalResult, Estimate};
+use crate::eval::{self, Estimate, EvalOptions, EvalResult};
 
 /// The strategies the evaluation knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,8 +55,11 @@ pub(crate) struct EvalArgs {
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
-    Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
-        .map_err(|e| format!("expected a date YYYY-MM-DD: {e}"))
+    Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|e| format!("expected a date YYYY-MM-DD: {e}"))
 }
 
 pub(crate) fn run(args: &EvalArgs) -> Result<ExitCode> {

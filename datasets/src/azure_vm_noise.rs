@@ -24,11 +24,10 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMillisecondType};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::statistics::Statistics;
 use sandstorm_features::history::{HistoryFeatures, OutcomeHistory, relate};
 use sandstorm_features::telemetry::{RunStatus, TelemetryRecord};
-use sandstorm_features::{
-    Candidate, Catalog, DecisionContext, Language, RunRequest, StrategyKind,
-};
+use sandstorm_features::{Candidate, Catalog, DecisionContext, Language, RunRequest, StrategyKind};
 use time::OffsetDateTime;
 
 use crate::error::DatasetsError;
@@ -197,7 +196,9 @@ fn read_units(path: &Path) -> Result<BTreeMap<String, bool>, DatasetsError> {
             other => {
                 return Err(invalid(
                     path,
-                    format!("line {line}: column higher_is_better is `{other}`, expected true or false"),
+                    format!(
+                        "line {line}: column higher_is_better is `{other}`, expected true or false"
+                    ),
                 ));
             }
         };
@@ -261,7 +262,10 @@ fn read_small_csv(
     wanted: &[&str],
 ) -> Result<Vec<(usize, Vec<String>)>, DatasetsError> {
     let text = std::fs::read_to_string(path).map_err(|e| DatasetsError::io(path, e))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         return Err(invalid(path, "is empty"));
     };
@@ -521,8 +525,37 @@ fn read_measurements_parquet(path: &Path, acc: &mut Accumulator) -> Result<(), D
             .ok_or_else(|| invalid(path, format!("has no column `{name}`")))?;
         leaves.push(i);
     }
-    let mask = ProjectionMask::leaves(schema, leaves);
+    let mask = ProjectionMask::leaves(schema, leaves.clone());
+    // Skip row groups whose statistics rule out the wanted lifespan or test suites (the file
+    // is sorted by lifespan and suite, so this skips most of it for small slices).
+    let row_groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| {
+            let may_hold = |leaf: usize, wanted: &[String]| -> bool {
+                let Some(Statistics::ByteArray(st)) = rg.column(leaf).statistics() else {
+                    return true;
+                };
+                let (Some(min), Some(max)) = (st.min_opt(), st.max_opt()) else {
+                    return true;
+                };
+                let (Ok(min), Ok(max)) = (min.as_utf8(), max.as_utf8()) else {
+                    return true;
+                };
+                wanted.is_empty()
+                    || wanted
+                        .iter()
+                        .any(|w| min <= w.as_str() && w.as_str() <= max)
+            };
+            may_hold(leaves[3], std::slice::from_ref(&acc.options.vm_lifespan))
+                && may_hold(leaves[0], &acc.options.test_suites)
+        })
+        .map(|(i, _)| i)
+        .collect();
     let reader = builder
+        .with_row_groups(row_groups)
         .with_projection(mask)
         .with_batch_size(65_536)
         .build()
@@ -607,9 +640,7 @@ fn add_batch(path: &Path, batch: &RecordBatch, acc: &mut Accumulator) -> Result<
             }
         };
         let p = match last_p {
-            Some((k, p)) if region.value(k) == region.value(i) && sku.value(k) == sku.value(i) => {
-                p
-            }
+            Some((k, p)) if region.value(k) == region.value(i) && sku.value(k) == sku.value(i) => p,
             _ => {
                 let p = acc.placement(path, region.value(i), sku.value(i))?;
                 last_p = Some((i, p));
@@ -697,7 +728,10 @@ fn read_measurements_csv(
         let value: f64 = row[0].trim().parse().map_err(|_| {
             invalid(
                 path,
-                format!("line {line}: column value is `{}`, expected a number", row[0]),
+                format!(
+                    "line {line}: column value is `{}`, expected a number",
+                    row[0]
+                ),
             )
         })?;
         let start = parse_start_time(row[1].trim()).ok_or_else(|| {
@@ -727,7 +761,11 @@ impl AzureVmNoise {
     /// a SKU's price differs between regions), isolation `microvm` (a hardware-virtualised
     /// VM), the whole VM's on-demand price expressed per vCPU-second.
     pub fn catalog_toml(&self) -> String {
-        let mut regions: Vec<&str> = self.placements.iter().map(|p| p.vm_region.as_str()).collect();
+        let mut regions: Vec<&str> = self
+            .placements
+            .iter()
+            .map(|p| p.vm_region.as_str())
+            .collect();
         regions.sort_unstable();
         regions.dedup();
         let mut text = String::from(

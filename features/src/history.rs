@@ -107,9 +107,7 @@ impl OutcomeHistory {
         });
         HistoryFeatures {
             count: n as u32,
-            days_since_last: self
-                .last_at_s
-                .map(|t| (at_s - t) as f64 / 86_400.0),
+            days_since_last: self.last_at_s.map(|t| (at_s - t) as f64 / 86_400.0),
             ln_ewma_fast: Some(self.ewma_fast),
             ln_ewma_slow: Some(self.ewma_slow),
             ln_median: Some(median(&self.values)),
@@ -160,13 +158,8 @@ pub fn relate(features: &mut [HistoryFeatures]) {
     }
     let medians: Vec<Option<f64>> = features.iter().map(|f| f.ln_median).collect();
     for (f, own) in features.iter_mut().zip(&medians) {
-        f.rank_median = own.map(|m| {
-            1.0 + medians
-                .iter()
-                .flatten()
-                .filter(|other| **other < m)
-                .count() as f64
-        });
+        f.rank_median =
+            own.map(|m| 1.0 + medians.iter().flatten().filter(|other| **other < m).count() as f64);
     }
 }
 

@@ -22,7 +22,11 @@ fn arb_request() -> impl Strategy<Value = RunRequest> {
         0.5f64..3600.0,
         any::<bool>(),
         prop::collection::vec(("[a-z]{1,8}", "[ -~]{0,200}"), 0..4),
-        prop::option::of(prop::sample::select(vec!["ci/unit", "bench/pgbench", "nightly"])),
+        prop::option::of(prop::sample::select(vec![
+            "ci/unit",
+            "bench/pgbench",
+            "nightly",
+        ])),
     )
         .prop_map(
             |(language, command, cpu, memory_mib, gpu, timeout_s, net, files, workload)| {

@@ -190,9 +190,10 @@ pub fn train_records(
             BTreeMap::new()
         } else {
             let booster = Booster::from_string(&trained.model_text)?;
-            let raw =
-                booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
-            let margins = hx.chunks_exact(N_FEATURES).map(|row| base_margin(role, row));
+            let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
+            let margins = hx
+                .chunks_exact(N_FEATURES)
+                .map(|row| base_margin(role, row));
             let pred: Vec<f64> = raw
                 .iter()
                 .zip(margins.clone())
