@@ -429,7 +429,7 @@ pub(crate) fn metrics(
         .iter()
         .map(|lr| point(lr, &mut (0..n), &mut buf))
         .collect();
-    let mut rng = StdRng::seed_from_u64(SEED ^ 0xb00_75);
+    let mut rng = StdRng::seed_from_u64(SEED ^ 0x000b_0075);
     let mut boots: Vec<Vec<[f64; 4]>> = vec![Vec::with_capacity(resamples); picks.len()];
     let mut idx = vec![0usize; n];
     for _ in 0..resamples {
