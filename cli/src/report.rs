@@ -109,7 +109,7 @@ fn strategy_section(
         html,
         "<h3>Captured headroom over time</h3><img src=\"{file}\"><p>Per calendar week of the evaluation \
          period: captured headroom (GM_fixed − GM) / (GM_fixed − 1) of each policy on that week's requests; \
-         y from −0.5 (bottom) to 1.0 (top, dashed line = 1, the oracle), clipped; weeks left to right.</p>\
+         y from −0.5 (bottom) to 1.0 (top edge = the oracle), black line = 0 (the fixed placement), clipped; weeks left to right; where the red line is not visible it lies under the green one.</p>\
          <table><tr><th>week of</th><th>requests</th><th>GM fixed</th><th>GM sandstorm</th><th>GM lookup_median</th>\
          <th>GM lookup_ewma</th><th>captured sandstorm</th></tr>"
     );
