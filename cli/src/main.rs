@@ -1,9 +1,13 @@
-//! The `sandstorm` command line: generate telemetry, train models, route and run requests, and
-//! the quickstart that does the whole loop on embedded defaults.
+//! The `sandstorm` command line: generate telemetry, train models, route and run requests,
+//! evaluate the routing on real data, and the quickstart that does the whole loop on embedded
+//! defaults.
 
 mod common;
+mod eval;
+mod eval_cmd;
 mod policy;
 mod quickstart;
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -36,6 +40,11 @@ enum Command {
     Datasets {
         #[command(subcommand)]
         command: DatasetsCommand,
+    },
+    /// Evaluate the routing on real measurements against baselines and the oracle.
+    Eval {
+        #[command(subcommand)]
+        dataset: EvalDataset,
     },
     /// Inspect or check a catalog.
     Catalog {
@@ -121,6 +130,12 @@ enum DatasetsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum EvalDataset {
+    /// The Azure VM Noise Dataset 2024 (docs/evaluation.md describes the protocol).
+    AzureVmNoise(eval_cmd::EvalArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum CatalogCommand {
     /// Print a catalog (the embedded default when no file is given) to start editing from.
     Show {
@@ -157,6 +172,9 @@ fn main() -> ExitCode {
                     catalog,
                 },
         } => run::generate(rows, seed, &out, catalog.as_deref()),
+        Command::Eval {
+            dataset: EvalDataset::AzureVmNoise(args),
+        } => eval_cmd::run(&args),
         Command::Catalog { command } => match command {
             CatalogCommand::Show { catalog } => run::catalog_show(catalog.as_deref()),
             CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),

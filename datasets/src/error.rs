@@ -34,6 +34,9 @@ pub enum DatasetsError {
         example.display()
     )]
     OutputNotEmpty { dir: PathBuf, example: PathBuf },
+    /// User error: an imported dataset file is missing something or holds a bad value.
+    #[error("{}: {message}", path.display())]
+    InvalidDataset { path: PathBuf, message: String },
     /// User error: a simulator setting is out of range.
     #[error("invalid simulator config: {0}")]
     InvalidConfig(String),
@@ -75,6 +78,7 @@ impl DatasetsError {
                 | DatasetsError::UnreadableParquet { .. }
                 | DatasetsError::OutputNotEmpty { .. }
                 | DatasetsError::InvalidConfig(_)
+                | DatasetsError::InvalidDataset { .. }
                 | DatasetsError::CatalogUnusable(_)
                 | DatasetsError::NothingToWrite { .. }
         )

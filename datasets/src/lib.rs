@@ -2,8 +2,12 @@
 //! Parquet ([`simulate`], [`generate`]), and the Parquet I/O every other crate uses to store and
 //! read telemetry ([`write_parquet`], [`read_parquet_dir`], [`append_records`]).
 //!
+//! [`azure_vm_noise`] imports the Azure VM Noise Dataset 2024 (real measurements) as a catalog,
+//! protocol requests and telemetry.
+//!
 //! The simulator's figures are assumptions, not measurements; `docs/simulator.md` lists them.
 
+pub mod azure_vm_noise;
 mod error;
 mod parquet_io;
 mod simulator;

@@ -20,12 +20,16 @@ use time::OffsetDateTime;
 
 use crate::candidate::Candidate;
 use crate::error::FeaturesError;
+use crate::history::HistoryFeatures;
+use crate::model::ModelRole;
 use crate::request::{DecisionContext, RunRequest};
 use crate::telemetry::{TelemetryRecord, from_micros};
 
 /// Version of the feature definitions below; bump it whenever [`FEATURES`] or
 /// [`FeatureInput`] semantics change.
-pub const FEATURE_VERSION: u32 = 1;
+///
+/// Version 2 added the workload label and the history features ([`crate::history`]).
+pub const FEATURE_VERSION: u32 = 2;
 
 /// Whether a feature is a number or a level from a vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +40,7 @@ pub enum FeatureKind {
 }
 
 /// Name and kind of every column of an encoded row, in order.
-pub const FEATURES: [(&str, FeatureKind); 22] = [
+pub const FEATURES: [(&str, FeatureKind); 37] = [
     ("language", FeatureKind::Categorical),
     ("provider", FeatureKind::Categorical),
     ("provider_kind", FeatureKind::Categorical),
@@ -59,10 +63,65 @@ pub const FEATURES: [(&str, FeatureKind); 22] = [
     ("burn_rate_usd_s", FeatureKind::Numeric),
     ("hour_of_day", FeatureKind::Numeric),
     ("day_of_week", FeatureKind::Numeric),
+    // The request's workload label ("" without one) and the history of that workload on this
+    // candidate (crate::history); every level below is ln(total_latency_ms), and NaN without
+    // history.
+    ("workload", FeatureKind::Categorical),
+    ("hist_count", FeatureKind::Numeric),
+    ("hist_days_since_last", FeatureKind::Numeric),
+    ("hist_anchor_ln_ms", FeatureKind::Numeric),
+    ("hist_median_vs_anchor", FeatureKind::Numeric),
+    ("hist_ewma_slow_vs_anchor", FeatureKind::Numeric),
+    ("hist_recent_median_vs_anchor", FeatureKind::Numeric),
+    ("hist_last_vs_anchor", FeatureKind::Numeric),
+    ("hist_ln_std", FeatureKind::Numeric),
+    ("hist_rel_ewma_fast", FeatureKind::Numeric),
+    ("hist_rel_ewma_slow", FeatureKind::Numeric),
+    ("hist_rel_median", FeatureKind::Numeric),
+    ("hist_rel_recent_median", FeatureKind::Numeric),
+    ("hist_rel_last", FeatureKind::Numeric),
+    ("hist_rank_median", FeatureKind::Numeric),
 ];
+
+/// Column of the history anchor (the candidate's fast EWMA of past ln latency).
+pub const ANCHOR_FEATURE: usize = 25;
+/// Column of the candidate's burn rate in USD per second.
+const BURN_RATE_FEATURE: usize = 19;
+/// Number of categorical columns.
+const N_CATEGORICAL: usize = 7;
+/// Categorical slot (index into [`categorical_indices`]) of the workload label.
+const WORKLOAD_SLOT: usize = 6;
+
+/// The base margin of a model's prediction for an encoded row: latency and cost models
+/// predict the deviation of `ln(latency)` / `ln(cost)` from it, and serving adds it back
+/// before the output transform. It is the history anchor (`hist_anchor_ln_ms`) for latency,
+/// the anchor plus `ln` of the burn rate per millisecond for cost, and 0 without history or
+/// for the failure model — so a request without a workload history is predicted exactly as
+/// before history features existed.
+pub fn base_margin(role: ModelRole, row: &[f64]) -> f64 {
+    let anchor = row[ANCHOR_FEATURE];
+    if !anchor.is_finite() {
+        return 0.0;
+    }
+    match role {
+        ModelRole::LatencyP50 | ModelRole::LatencyP95 => anchor,
+        ModelRole::Cost => {
+            let burn = row[BURN_RATE_FEATURE];
+            if burn > 0.0 && burn.is_finite() {
+                anchor + (burn / 1000.0).ln()
+            } else {
+                0.0
+            }
+        }
+        ModelRole::Failure => 0.0,
+    }
+}
 
 /// Number of columns of an encoded row.
 pub const N_FEATURES: usize = FEATURES.len();
+
+/// Column of each categorical slot, in slot order.
+const CATEGORICAL_COLUMNS: [usize; N_CATEGORICAL] = [0, 1, 2, 3, 4, 5, 22];
 
 /// Indices of the categorical columns, in order.
 pub fn categorical_indices() -> Vec<usize> {
@@ -97,14 +156,29 @@ pub struct FeatureInput<'a> {
     pub price_start: f64,
     pub price_gpu_s: f64,
     pub at: OffsetDateTime,
+    /// The request's workload label, "" without one.
+    pub workload: &'a str,
+    /// Past outcomes of the workload on this candidate.
+    pub history: HistoryFeatures,
 }
 
 impl<'a> FeatureInput<'a> {
-    /// Serving path: from the request, one candidate and the decision context.
+    /// Serving path: from the request, one candidate and the decision context, without
+    /// history.
     pub fn from_parts(
         request: &'a RunRequest,
         candidate: &'a Candidate,
         ctx: &DecisionContext,
+    ) -> Self {
+        Self::from_parts_with_history(request, candidate, ctx, HistoryFeatures::default())
+    }
+
+    /// Serving path with the history of the request's workload on `candidate`.
+    pub fn from_parts_with_history(
+        request: &'a RunRequest,
+        candidate: &'a Candidate,
+        ctx: &DecisionContext,
+        history: HistoryFeatures,
     ) -> Self {
         let [provider, provider_kind, backend, region, area] = candidate_levels(candidate);
         Self {
@@ -128,6 +202,8 @@ impl<'a> FeatureInput<'a> {
             price_start: candidate.prices.start,
             price_gpu_s: candidate.gpu_price_for(&request.resources).unwrap_or(0.0),
             at: ctx.now,
+            workload: request.workload.as_deref().unwrap_or(""),
+            history,
         }
     }
 
@@ -154,17 +230,21 @@ impl<'a> FeatureInput<'a> {
             price_start: r.price_start,
             price_gpu_s: r.price_gpu_s,
             at: from_micros(r.ts_request_us),
+            workload: r.workload.as_deref().unwrap_or(""),
+            history: r.history,
         }
     }
 
-    fn categorical(&self, feature: usize) -> &'a str {
-        match feature {
+    /// The value of categorical slot `slot` (an index into [`categorical_indices`]).
+    fn categorical(&self, slot: usize) -> &'a str {
+        match slot {
             0 => self.language,
             1 => self.provider,
             2 => self.provider_kind,
             3 => self.backend,
             4 => self.region,
-            _ => self.area,
+            5 => self.area,
+            _ => self.workload,
         }
     }
 }
@@ -201,13 +281,12 @@ pub struct EncodeStats {
 impl FeatureSpace {
     /// Builds the vocabulary from training inputs (levels sorted, so the space is deterministic).
     pub fn fit<'a>(inputs: impl IntoIterator<Item = FeatureInput<'a>>) -> Self {
-        let cats = categorical_indices();
-        let mut sets = vec![BTreeSet::<String>::new(); cats.len()];
+        let mut sets = vec![BTreeSet::<String>::new(); N_CATEGORICAL];
         for input in inputs {
-            for (slot, &feature) in cats.iter().enumerate() {
-                let value = input.categorical(feature);
-                if !sets[slot].contains(value) {
-                    sets[slot].insert(value.to_owned());
+            for (slot, set) in sets.iter_mut().enumerate() {
+                let value = input.categorical(slot);
+                if !set.contains(value) {
+                    set.insert(value.to_owned());
                 }
             }
         }
@@ -258,7 +337,7 @@ impl FeatureSpace {
 
     /// Encodes one input into `row` (length [`N_FEATURES`]).
     pub fn encode(&self, input: &FeatureInput<'_>, row: &mut [f64]) -> EncodeStats {
-        let mut codes = [None; 6];
+        let mut codes = [None; N_CATEGORICAL];
         for (slot, code) in codes.iter_mut().enumerate() {
             *code = self.level_code(slot, input.categorical(slot));
         }
@@ -270,12 +349,12 @@ impl FeatureSpace {
     fn encode_with_codes(
         &self,
         input: &FeatureInput<'_>,
-        codes: &[Option<u32>; 6],
+        codes: &[Option<u32>; N_CATEGORICAL],
         row: &mut [f64],
     ) -> EncodeStats {
         debug_assert_eq!(row.len(), N_FEATURES);
         let mut stats = EncodeStats::default();
-        for (feature, code) in codes.iter().enumerate() {
+        for (&feature, code) in CATEGORICAL_COLUMNS.iter().zip(codes) {
             row[feature] = match code {
                 Some(code) => f64::from(*code),
                 None => {
@@ -303,6 +382,24 @@ impl FeatureSpace {
             + f64::from(input.gpu_count) * input.price_gpu_s;
         row[20] = f64::from(input.at.hour());
         row[21] = f64::from(input.at.weekday().number_days_from_monday());
+        let h = &input.history;
+        let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        let anchor = nan(h.ln_ewma_fast);
+        let vs_anchor = |v: Option<f64>| nan(v) - anchor;
+        row[23] = f64::from(h.count);
+        row[24] = nan(h.days_since_last);
+        row[25] = anchor;
+        row[26] = vs_anchor(h.ln_median);
+        row[27] = vs_anchor(h.ln_ewma_slow);
+        row[28] = vs_anchor(h.ln_recent_median);
+        row[29] = vs_anchor(h.ln_last);
+        row[30] = nan(h.ln_std);
+        row[31] = nan(h.rel_ewma_fast);
+        row[32] = nan(h.rel_ewma_slow);
+        row[33] = nan(h.rel_median);
+        row[34] = nan(h.rel_recent_median);
+        row[35] = nan(h.rel_last);
+        row[36] = nan(h.rank_median);
         stats
     }
 
@@ -365,17 +462,43 @@ impl CandidateEncoder {
         candidates: impl IntoIterator<Item = (usize, &'c Candidate)>,
         out: &mut Vec<f64>,
     ) -> EncodeStats {
+        self.encode_all_with_history(
+            request,
+            ctx,
+            candidates
+                .into_iter()
+                .map(|(i, c)| (i, c, HistoryFeatures::default())),
+            out,
+        )
+    }
+
+    /// [`CandidateEncoder::encode_all`] with the history of the request's workload on each
+    /// candidate: `(index, candidate, history)` triples.
+    pub fn encode_all_with_history<'c>(
+        &self,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        candidates: impl IntoIterator<Item = (usize, &'c Candidate, HistoryFeatures)>,
+        out: &mut Vec<f64>,
+    ) -> EncodeStats {
         out.clear();
         let language = self.space.level_code(0, request.language.as_str());
+        let workload = self
+            .space
+            .level_code(WORKLOAD_SLOT, request.workload.as_deref().unwrap_or(""));
         let mut total = EncodeStats::default();
-        for (i, candidate) in candidates {
-            let input = FeatureInput::from_parts(request, candidate, ctx);
+        for (i, candidate, history) in candidates {
+            let input = FeatureInput::from_parts_with_history(request, candidate, ctx, history);
             let [a, b, c, d, e] = self.codes[i];
             let start = out.len();
             out.resize(start + N_FEATURES, 0.0);
             total.unseen_levels += self
                 .space
-                .encode_with_codes(&input, &[language, a, b, c, d, e], &mut out[start..])
+                .encode_with_codes(
+                    &input,
+                    &[language, a, b, c, d, e, workload],
+                    &mut out[start..],
+                )
                 .unseen_levels;
         }
         total
@@ -388,6 +511,8 @@ mod tests {
 
     #[test]
     fn categorical_slots_match_the_feature_table() {
-        assert_eq!(categorical_indices(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(categorical_indices(), CATEGORICAL_COLUMNS.to_vec());
+        assert_eq!(FEATURES[ANCHOR_FEATURE].0, "hist_anchor_ln_ms");
+        assert_eq!(FEATURES[BURN_RATE_FEATURE].0, "burn_rate_usd_s");
     }
 }

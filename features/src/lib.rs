@@ -11,6 +11,7 @@ mod catalog;
 mod constraints;
 pub mod encoding;
 mod error;
+pub mod history;
 pub mod model;
 mod request;
 pub mod telemetry;

@@ -215,6 +215,11 @@ pub struct RunRequest {
     /// Free-form labels, copied to telemetry.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A stable name of the repeated job this request is an instance of (a CI suite, a
+    /// benchmark, a nightly build). Past outcomes of the same workload on each candidate become
+    /// history features (`features::history`).
+    #[serde(default)]
+    pub workload: Option<String>,
 }
 
 fn default_timeout_s() -> f64 {
@@ -241,6 +246,7 @@ impl RunRequest {
             constraints: Constraints::default(),
             tenant: default_tenant(),
             labels: BTreeMap::new(),
+            workload: None,
         }
     }
 
@@ -410,6 +416,13 @@ impl RunRequest {
             "tenant",
             "must be 1 to 128 characters",
         );
+        if let Some(w) = &self.workload {
+            check(
+                !w.trim().is_empty() && w.len() <= 512,
+                "workload",
+                "must be 1 to 512 characters",
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {

@@ -13,10 +13,13 @@ use time::OffsetDateTime;
 
 use crate::candidate::Candidate;
 use crate::error::FeaturesError;
+use crate::history::HistoryFeatures;
 use crate::request::{DecisionContext, RunRequest};
 
 /// Version of the telemetry schema, stored in the Arrow schema metadata.
-pub const TELEMETRY_SCHEMA_VERSION: &str = "1";
+///
+/// Version 2 added `workload` and `history` (the history features the decision saw).
+pub const TELEMETRY_SCHEMA_VERSION: &str = "2";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,6 +113,10 @@ pub struct TelemetryRecord {
     pub payload_bytes: u64,
     pub file_count: u32,
     pub allow_network: bool,
+    /// The request's workload label.
+    pub workload: Option<String>,
+    /// History of the workload on the chosen candidate, as the decision saw it.
+    pub history: HistoryFeatures,
     // chosen candidate
     pub candidate_id: String,
     pub provider: String,
@@ -186,6 +193,8 @@ impl TelemetryRecord {
             payload_bytes: request.payload_bytes(),
             file_count: request.files.len() as u32,
             allow_network: request.allow_network,
+            workload: request.workload.clone(),
+            history: HistoryFeatures::default(),
             candidate_id: candidate.id.clone(),
             provider: candidate.provider.clone(),
             provider_kind: candidate.provider_kind.as_str().to_owned(),
@@ -243,6 +252,25 @@ fn ts(name: &str, nullable: bool) -> Field {
     )
 }
 
+fn history_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("count", DataType::UInt32, false),
+        f64_null("days_since_last"),
+        f64_null("ln_ewma_fast"),
+        f64_null("ln_ewma_slow"),
+        f64_null("ln_median"),
+        f64_null("ln_recent_median"),
+        f64_null("ln_last"),
+        f64_null("ln_std"),
+        f64_null("rel_ewma_fast"),
+        f64_null("rel_ewma_slow"),
+        f64_null("rel_median"),
+        f64_null("rel_recent_median"),
+        f64_null("rel_last"),
+        f64_null("rank_median"),
+    ])
+}
+
 fn score_fields() -> Fields {
     Fields::from(vec![
         utf8("candidate_id"),
@@ -281,6 +309,8 @@ pub fn schema() -> SchemaRef {
                 Field::new("payload_bytes", DataType::UInt64, false),
                 Field::new("file_count", DataType::UInt32, false),
                 Field::new("allow_network", DataType::Boolean, false),
+                utf8_null("workload"),
+                Field::new("history", DataType::Struct(history_fields()), false),
                 utf8("candidate_id"),
                 utf8("provider"),
                 utf8("provider_kind"),
@@ -371,6 +401,12 @@ fn types_compatible(expected: &DataType, found: &DataType) -> bool {
         (DataType::Utf8, DataType::Dictionary(_, value)) => types_compatible(expected, value),
         (DataType::Timestamp(unit_e, _), DataType::Timestamp(unit_f, _)) => unit_e == unit_f,
         (DataType::List(_), DataType::List(_) | DataType::LargeList(_)) => true,
+        (DataType::Struct(e), DataType::Struct(f)) => {
+            e.len() == f.len()
+                && e.iter().zip(f.iter()).all(|(e, f)| {
+                    e.name() == f.name() && types_compatible(e.data_type(), f.data_type())
+                })
+        }
         (e, f) => e == f,
     }
 }

@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 use sandstorm_features::encoding::{CandidateEncoder, FeatureInput, FeatureSpace, N_FEATURES};
+use sandstorm_features::history::{HistoryFeatures, OutcomeHistory, relate};
 use sandstorm_features::telemetry::{TelemetryRecord, from_record_batch, to_record_batch};
 use sandstorm_features::{Catalog, DecisionContext, GpuRequest, InputFile, Language, RunRequest};
 use time::OffsetDateTime;
@@ -21,9 +22,14 @@ fn arb_request() -> impl Strategy<Value = RunRequest> {
         0.5f64..3600.0,
         any::<bool>(),
         prop::collection::vec(("[a-z]{1,8}", "[ -~]{0,200}"), 0..4),
+        prop::option::of(prop::sample::select(vec![
+            "ci/unit",
+            "bench/pgbench",
+            "nightly",
+        ])),
     )
         .prop_map(
-            |(language, command, cpu, memory_mib, gpu, timeout_s, net, files)| {
+            |(language, command, cpu, memory_mib, gpu, timeout_s, net, files, workload)| {
                 let mut r = RunRequest::command(language, command);
                 r.resources.cpu = cpu;
                 r.resources.memory_mib = memory_mib;
@@ -37,6 +43,7 @@ fn arb_request() -> impl Strategy<Value = RunRequest> {
                     .into_iter()
                     .map(|(path, content)| InputFile { path, content })
                     .collect();
+                r.workload = workload.map(str::to_owned);
                 r
             },
         )
@@ -48,6 +55,28 @@ fn arb_time() -> impl Strategy<Value = OffsetDateTime> {
         .prop_map(sandstorm_features::telemetry::from_micros)
 }
 
+/// History features of a few candidates built from random past outcomes (some without any).
+fn arb_histories() -> impl Strategy<Value = Vec<HistoryFeatures>> {
+    prop::collection::vec(
+        prop::collection::vec((0i64..400, -5.0f64..15.0), 0..12),
+        1..5,
+    )
+    .prop_map(|per_candidate| {
+        let mut fs: Vec<HistoryFeatures> = per_candidate
+            .iter()
+            .map(|outcomes| {
+                let mut h = OutcomeHistory::new();
+                for (day, v) in outcomes {
+                    h.push(day * 86_400, *v);
+                }
+                h.features(401 * 86_400)
+            })
+            .collect();
+        relate(&mut fs);
+        fs
+    })
+}
+
 fn rows_equal(a: &[f64], b: &[f64]) -> bool {
     a.iter()
         .zip(b)
@@ -57,29 +86,35 @@ fn rows_equal(a: &[f64], b: &[f64]) -> bool {
 proptest! {
     #[test]
     fn struct_path_and_arrow_path_encode_identically(
-        requests in prop::collection::vec((arb_request(), any::<prop::sample::Index>(), arb_time()), 1..20),
+        requests in prop::collection::vec((arb_request(), any::<prop::sample::Index>(), arb_time(), arb_histories(), any::<prop::sample::Index>()), 1..20),
         fit_on_half in any::<bool>(),
     ) {
         let catalog = Catalog::default_catalog();
         let candidates = catalog.candidates();
         let triples: Vec<_> = requests
             .iter()
-            .map(|(r, idx, at)| (r, &candidates[idx.index(candidates.len())], DecisionContext::at(*at)))
+            .map(|(r, idx, at, hs, hi)| (r, &candidates[idx.index(candidates.len())], DecisionContext::at(*at), hs[hi.index(hs.len())]))
             .collect();
         // Fit the vocabulary on part of the data so unseen levels are exercised too.
         let fit_n = if fit_on_half { triples.len().div_ceil(2) } else { triples.len() };
-        let space = FeatureSpace::fit(triples[..fit_n].iter().map(|(r, c, ctx)| FeatureInput::from_parts(r, c, ctx)));
+        let space = FeatureSpace::fit(triples[..fit_n].iter().map(|(r, c, ctx, h)| FeatureInput::from_parts_with_history(r, c, ctx, *h)));
 
-        let records: Vec<TelemetryRecord> =
-            triples.iter().map(|(r, c, ctx)| TelemetryRecord::for_choice(r, c, ctx)).collect();
+        let records: Vec<TelemetryRecord> = triples
+            .iter()
+            .map(|(r, c, ctx, h)| {
+                let mut rec = TelemetryRecord::for_choice(r, c, ctx);
+                rec.history = *h;
+                rec
+            })
+            .collect();
         let batch = to_record_batch(&records).unwrap();
         let back = from_record_batch(&batch).unwrap();
         prop_assert_eq!(&back, &records);
 
-        for ((r, c, ctx), rec) in triples.iter().zip(&back) {
+        for ((r, c, ctx, h), rec) in triples.iter().zip(&back) {
             let mut serving = [0.0; N_FEATURES];
             let mut training = [0.0; N_FEATURES];
-            let s1 = space.encode(&FeatureInput::from_parts(r, c, ctx), &mut serving);
+            let s1 = space.encode(&FeatureInput::from_parts_with_history(r, c, ctx, *h), &mut serving);
             let s2 = space.encode(&FeatureInput::from_record(rec), &mut training);
             prop_assert!(rows_equal(&serving, &training), "serving {:?}\ntraining {:?}", serving, training);
             prop_assert_eq!(s1, s2);
@@ -92,7 +127,7 @@ proptest! {
     /// `FeatureSpace::encode` on `FeatureInput::from_parts`.
     #[test]
     fn candidate_encoder_encodes_like_encode(
-        requests in prop::collection::vec((arb_request(), arb_time()), 1..6),
+        requests in prop::collection::vec((arb_request(), arb_time(), arb_histories()), 1..6),
         fit in prop::collection::vec((arb_request(), any::<prop::sample::Index>(), arb_time()), 1..12),
         picks in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
     ) {
@@ -104,19 +139,20 @@ proptest! {
             FeatureInput::from_parts(r, c, &DecisionContext::at(*at))
         }));
         let encoder = CandidateEncoder::new(&space, &candidates);
-        for (request, at) in &requests {
+        for (request, at, hs) in &requests {
             let ctx = DecisionContext::at(*at);
             let chosen: Vec<usize> = picks.iter().map(|p| p.index(candidates.len())).collect();
+            let history = |k: usize| hs[k % hs.len()];
             let mut fast = Vec::new();
-            let fast_stats = encoder.encode_all(
+            let fast_stats = encoder.encode_all_with_history(
                 request,
                 &ctx,
-                chosen.iter().map(|&i| (i, &candidates[i])),
+                chosen.iter().enumerate().map(|(k, &i)| (i, &candidates[i], history(k))),
                 &mut fast,
             );
             let mut reference = Vec::new();
             let ref_stats = space.encode_all(
-                chosen.iter().map(|&i| FeatureInput::from_parts(request, &candidates[i], &ctx)),
+                chosen.iter().enumerate().map(|(k, &i)| FeatureInput::from_parts_with_history(request, &candidates[i], &ctx, history(k))),
                 &mut reference,
             );
             prop_assert_eq!(fast.len(), chosen.len() * N_FEATURES);

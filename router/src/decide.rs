@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sandstorm_features::encoding::{CandidateEncoder, N_FEATURES};
+use sandstorm_features::history::HistoryFeatures;
 use sandstorm_features::telemetry::CandidateScore;
 use sandstorm_features::{
     Candidate, Catalog, DecisionContext, RunRequest, Strategy, static_violation,
@@ -268,6 +269,22 @@ impl Router {
         ctx: &DecisionContext,
         unavailable: &dyn Fn(&Candidate) -> Option<String>,
     ) -> Result<Decision, RouterError> {
+        self.decide_with_history(scratch, request, ctx, unavailable, &|_| {
+            HistoryFeatures::default()
+        })
+    }
+
+    /// [`Router::decide_with`] for a request whose workload has a history: `history` gives
+    /// the history features of the workload on each candidate (relative features already
+    /// related across the candidates, see `sandstorm_features::history::relate`).
+    pub fn decide_with_history(
+        &self,
+        scratch: &mut Scratch,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        unavailable: &dyn Fn(&Candidate) -> Option<String>,
+        history: &dyn Fn(&Candidate) -> HistoryFeatures,
+    ) -> Result<Decision, RouterError> {
         request.validate()?;
         let mut filtered: Vec<CandidateVerdict> = Vec::new();
         let live = &mut scratch.live;
@@ -288,10 +305,13 @@ impl Router {
             }
         }
 
-        let stats = self.encoder.encode_all(
+        let stats = self.encoder.encode_all_with_history(
             request,
             ctx,
-            live.iter().map(|&i| (i, &*self.candidates[i])),
+            live.iter().map(|&i| {
+                let c = &*self.candidates[i];
+                (i, c, history(c))
+            }),
             &mut scratch.rows,
         );
         self.models

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sandstorm_features::encoding::{FeatureSpace, N_FEATURES};
+use sandstorm_features::encoding::{FeatureSpace, N_FEATURES, base_margin};
 use sandstorm_features::model::{
     FEATURE_SCHEMA_FILE, METADATA_FILE, ModelMetadata, ModelRole, StoredFeatureSchema,
 };
@@ -170,8 +170,8 @@ impl ModelSet {
                 .predict_batch_into(eval, rows, values)
                 .map_err(|e| RouterError::Prediction(format!("{}: {e}", role.as_str())))?;
             let transform = role.target_transform();
-            for v in values.iter_mut() {
-                *v = transform.apply(*v);
+            for (v, row) in values.iter_mut().zip(rows.chunks_exact(N_FEATURES)) {
+                *v = transform.apply(*v + base_margin(role, row));
             }
         }
         Ok(())
@@ -233,7 +233,11 @@ fn predict_lightgbm(
         let raw = booster
             .predict_with_params(rows, N_FEATURES as i32, true, "num_threads=1")
             .map_err(fail)?;
-        values.extend(raw.into_iter().map(|v| role.target_transform().apply(v)));
+        values.extend(
+            raw.into_iter()
+                .zip(rows.chunks_exact(N_FEATURES))
+                .map(|(v, row)| role.target_transform().apply(v + base_margin(role, row))),
+        );
     }
     Ok(())
 }

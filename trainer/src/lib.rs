@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lightgbm3::Booster;
-use sandstorm_features::encoding::{FeatureInput, FeatureSpace, N_FEATURES, categorical_indices};
+use sandstorm_features::encoding::{
+    FeatureInput, FeatureSpace, N_FEATURES, base_margin, categorical_indices,
+};
 use sandstorm_features::model::{
     FEATURE_SCHEMA_FILE, METADATA_FILE, ModelEntry, ModelMetadata, ModelRole, StoredFeatureSchema,
     TimeWindow,
@@ -61,7 +63,8 @@ impl From<lightgbm3::Error> for TrainerError {
 /// Training settings.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// Share of the most recent rows held out for metrics.
+    /// Share of the most recent rows held out for metrics (0: train on everything before the
+    /// validation rows and record no holdout metrics).
     pub holdout_fraction: f64,
     /// Share of rows (just before the holdout) used for early stopping.
     pub valid_fraction: f64,
@@ -154,7 +157,7 @@ pub fn train_records(
         let (tx, ty) = split(train_rows, &x_train);
         let (vx, vy) = split(valid_rows, &x_valid);
         let (hx, hy) = split(hold_rows, &x_hold);
-        if ty.len() < 20 || vy.is_empty() || hy.is_empty() {
+        if ty.len() < 20 || vy.is_empty() || (hy.is_empty() && !hold_rows.is_empty()) {
             return Err(TrainerError::Input(format!(
                 "too few rows with a usable {} label (train {}, validation {}, holdout {})",
                 role.as_str(),
@@ -183,17 +186,26 @@ pub fn train_records(
             &params,
             cfg.num_iterations,
         )?;
-        let booster = Booster::from_string(&trained.model_text)?;
-        let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
-        let pred: Vec<f64> = raw
-            .iter()
-            .map(|v| role.target_transform().apply(*v))
-            .collect();
-        let actual: Vec<f64> = hy
-            .iter()
-            .map(|v| role.target_transform().apply(*v))
-            .collect();
-        let mut metrics = holdout_metrics(role, &pred, &actual);
+        let mut metrics = if hy.is_empty() {
+            BTreeMap::new()
+        } else {
+            let booster = Booster::from_string(&trained.model_text)?;
+            let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
+            let margins = hx
+                .chunks_exact(N_FEATURES)
+                .map(|row| base_margin(role, row));
+            let pred: Vec<f64> = raw
+                .iter()
+                .zip(margins.clone())
+                .map(|(v, m)| role.target_transform().apply(*v + m))
+                .collect();
+            let actual: Vec<f64> = hy
+                .iter()
+                .zip(margins)
+                .map(|(v, m)| role.target_transform().apply(*v + m))
+                .collect();
+            holdout_metrics(role, &pred, &actual)
+        };
         metrics.insert(
             "best_valid_metric".to_owned(),
             trained
@@ -203,6 +215,9 @@ pub fn train_records(
                 .fold(f64::INFINITY, f64::min),
         );
 
+        // JSON has no NaN: a metric that is undefined here (e.g. the AUC of a model whose
+        // labels are all one class) is left out.
+        metrics.retain(|_, v| v.is_finite());
         let file = role.file_name();
         write_file(&out_dir.join(&file), trained.model_text.as_bytes())?;
         hasher.update(trained.model_text.as_bytes());
@@ -270,7 +285,9 @@ pub fn train_matrix(
     Ok(lgbm::train(&train_set, None, params, num_iterations)?.model_text)
 }
 
-/// Rows usable for `role` and their labels (in the model's training space).
+/// Rows usable for `role` and their labels in the model's training space: the transformed
+/// outcome minus the row's base margin ([`base_margin`], 0 without history), so models of
+/// requests with a workload history learn the deviation from the candidate's past level.
 fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut xs = Vec::new();
     let mut ys = Vec::new();
@@ -290,8 +307,9 @@ fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Ve
             _ => None,
         };
         if let Some(y) = label {
-            xs.extend_from_slice(&x[i * N_FEATURES..(i + 1) * N_FEATURES]);
-            ys.push(y);
+            let row = &x[i * N_FEATURES..(i + 1) * N_FEATURES];
+            xs.extend_from_slice(row);
+            ys.push(y - base_margin(role, row));
         }
     }
     (xs, ys)
@@ -299,8 +317,8 @@ fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Ve
 
 fn target_name(role: ModelRole) -> &'static str {
     match role {
-        ModelRole::LatencyP50 | ModelRole::LatencyP95 => "ln(total_latency_ms)",
-        ModelRole::Cost => "ln(cost_usd)",
+        ModelRole::LatencyP50 | ModelRole::LatencyP95 => "ln(total_latency_ms) - base_margin",
+        ModelRole::Cost => "ln(cost_usd) - base_margin",
         ModelRole::Failure => "status in (timeout, oom, quota, unavailable)",
     }
 }

@@ -238,6 +238,7 @@ pub(crate) fn sample_job<R: Rng + ?Sized>(world: &World, rng: &mut R, relaxed: b
         constraints,
         tenant: tenant.name.clone(),
         labels,
+        workload: None,
     };
     let hidden = sample_hidden(&request, tenant, job_kind, rng);
     Job { request, hidden }
