@@ -207,7 +207,10 @@ pub(crate) fn decision_table(decision: &Decision) -> Table {
             },
         };
         for a in &c.policy_adjustments {
-            verdict.push_str(&format!(" [policy {} ×{}: {}]", a.policy, a.factor, a.reason));
+            verdict.push_str(&format!(
+                " [policy {} ×{}: {}]",
+                a.policy, a.factor, a.reason
+            ));
         }
         t.add_row(vec![
             (i + 1).to_string(),

@@ -236,10 +236,11 @@ fn package_name(manifest: &Path) -> Result<String, PoliciesError> {
         let line = line.trim();
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package && line.starts_with("name") {
-            if let Some(v) = line.split('=').nth(1) {
-                return Ok(v.trim().trim_matches('"').to_owned());
-            }
+        } else if in_package
+            && line.starts_with("name")
+            && let Some(v) = line.split('=').nth(1)
+        {
+            return Ok(v.trim().trim_matches('"').to_owned());
         }
     }
     Err(PoliciesError::BadFile {

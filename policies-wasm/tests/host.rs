@@ -3,6 +3,8 @@
 //! oversized, unsigned or tampered modules) are contained with a clear error while the
 //! host keeps working.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
