@@ -1,9 +1,11 @@
-//! The `sandstorm` command line: generate telemetry, train models, route and run requests, and
-//! the quickstart that does the whole loop on embedded defaults.
+//! The `sandstorm` command line: generate telemetry, train models, route and run requests, the
+//! quickstart that does the whole loop on embedded defaults, and the router service (`serve`,
+//! `mcp`).
 
 mod common;
 mod quickstart;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,13 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Run the router service: the HTTP API (route, run, logs, cancel, models, catalog,
+    /// metrics, OpenAPI) with API keys and per-tenant limits.
+    Serve(serve::ServeArgs),
+    /// Serve the MCP protocol on stdin/stdout so an AI agent can route and run code.
+    Mcp(serve::McpArgs),
+    /// Make a new random API key and print it with the SHA-256 the configuration stores.
+    ApiKey(serve::ApiKeyArgs),
 }
 
 /// Options shared by commands that route.
@@ -149,6 +158,9 @@ fn main() -> ExitCode {
             CatalogCommand::Show { catalog } => run::catalog_show(catalog.as_deref()),
             CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),
         },
+        Command::Serve(args) => serve::serve(&args),
+        Command::Mcp(args) => serve::mcp(&args),
+        Command::ApiKey(args) => serve::api_key(&args),
     };
     match result {
         Ok(code) => code,
