@@ -35,7 +35,7 @@ sys.exit(0 if v >= (3, 28) else 1)
 PY
 then
   echo "setup: installing cmake>=3.28, pyarrow, lightgbm and mcp into the venv" >&2
-  "$SANDSTORM_VENV/bin/pip" install -q --disable-pip-version-check 'cmake>=3.28' 'pyarrow>=14' 'lightgbm>=4' numpy 'mcp>=1.2'
+  "$SANDSTORM_VENV/bin/pip" install -q --disable-pip-version-check 'cmake>=3.28' 'pyarrow>=14' 'lightgbm>=4' numpy 'mcp>=2,<3'
 fi
 export PATH="$SANDSTORM_VENV/bin:$PATH"
 export SANDSTORM_PYTHON="$SANDSTORM_VENV/bin/python"
