@@ -1,6 +1,6 @@
 //! The `sandstorm` command line: generate telemetry, train models, route and run requests,
-//! evaluate the routing on real data, and the quickstart that does the whole loop on embedded
-//! defaults.
+//! evaluate the routing on real data, write and publish routing policies, the router service
+//! (`serve`, `mcp`), and the quickstart that does the whole loop on embedded defaults.
 
 mod common;
 mod eval;
@@ -9,6 +9,7 @@ mod policy;
 mod quickstart;
 mod report;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Run the router service: the HTTP API (route, run, logs, cancel, models, catalog,
+    /// metrics, OpenAPI) with API keys and per-tenant limits.
+    Serve(serve::ServeArgs),
+    /// Serve the MCP protocol on stdin/stdout so an AI agent can route and run code.
+    Mcp(serve::McpArgs),
+    /// Make a new random API key and print it with the SHA-256 the configuration stores.
+    ApiKey(serve::ApiKeyArgs),
 }
 
 /// Options shared by commands that route.
@@ -180,6 +188,9 @@ fn main() -> ExitCode {
             CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),
         },
         Command::Policy { command } => policy::command(command),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Mcp(args) => serve::mcp(&args),
+        Command::ApiKey(args) => serve::api_key(&args),
     };
     match result {
         Ok(code) => code,

@@ -18,7 +18,7 @@ use crate::limits::Limits;
 use crate::process::probe_with;
 use crate::supervise::{self, Outcome, Sandbox, Wrapped};
 use crate::sys::Termination;
-use crate::{Availability, Backend, RunResult};
+use crate::{Availability, Backend, RunControl, RunResult};
 
 /// Where the job directory appears inside the sandbox.
 const SANDBOX_WORKDIR: &str = "/work";
@@ -279,7 +279,15 @@ impl Backend for BubblewrapBackend {
     }
 
     fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError> {
-        supervise::execute(self, job)
+        supervise::execute(self, job, &RunControl::new())
+    }
+
+    fn run_controlled(
+        &self,
+        job: &JobSpec,
+        control: &RunControl,
+    ) -> Result<RunResult, RuntimeError> {
+        supervise::execute(self, job, control)
     }
 }
 

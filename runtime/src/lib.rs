@@ -40,6 +40,10 @@
 //! SIGXCPU/SIGXFSZ do not end it (the CPU limit then kills it with SIGKILL at the hard
 //! limit; oversized writes fail with `EFBIG`). Its children behave normally.
 //!
+//! A caller that runs a job on another thread can pass a [`RunControl`] to
+//! [`Backend::run_controlled`] to cancel it (the same group kill as the wall-clock limit; the
+//! run reports `failed` / `cancelled`) and to observe its output while it is produced.
+//!
 //! Not enforced by either: network for `process` (the router knows, see
 //! `IsolationBackend::can_block_network`); the number of processes (`RLIMIT_NPROC` counts
 //! per user across the host, and root ignores it); processes of a `process` job that call
@@ -47,6 +51,7 @@
 //! capabilities and can raise its own rlimits.
 
 mod bubblewrap;
+mod control;
 mod engine;
 mod error;
 mod job;
@@ -58,6 +63,7 @@ mod sys;
 
 use std::fmt;
 
+pub use control::{OutputObserver, OutputStream, RunControl};
 pub use engine::Engine;
 pub use error::RuntimeError;
 pub use job::JobSpec;
@@ -133,4 +139,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// all (invalid job, missing interpreter, spawn failure); everything that happened once
     /// it ran is in the [`RunResult`].
     fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError>;
+    /// [`Backend::run`] under `control`: cancellable from another thread, with its output
+    /// observed as it is produced. A backend that cannot do either ignores `control`.
+    fn run_controlled(
+        &self,
+        job: &JobSpec,
+        control: &RunControl,
+    ) -> Result<RunResult, RuntimeError> {
+        let _ = control;
+        self.run(job)
+    }
 }

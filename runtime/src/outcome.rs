@@ -1,6 +1,8 @@
 //! Turns what happened to a child ([`Outcome`]) into a [`RunStatus`] and an error class.
 //!
 //! What is detected, in order:
+//! 0. `failed` / `cancelled`: a `RunControl::cancel` killed the group and the child did not
+//!    exit 0 on its own.
 //! 1. `timeout` / `wall_clock_timeout`: the supervisor killed the group at the wall-clock limit
 //!    and the child died of that SIGKILL.
 //! 2. `timeout` / `cpu_time_limit`: the child died of SIGXCPU, or of SIGKILL after using at
@@ -60,6 +62,9 @@ pub(crate) fn classify(
         }
         Termination::Exited(_) => None,
     };
+    if outcome.cancelled && outcome.termination != Termination::Exited(0) {
+        return Verdict::new(RunStatus::Failed, "cancelled");
+    }
     if outcome.timed_out && outcome.termination == Termination::Signaled(libc::SIGKILL) {
         return Verdict::new(RunStatus::Timeout, "wall_clock_timeout");
     }
@@ -129,6 +134,7 @@ mod tests {
         Outcome {
             termination,
             timed_out: false,
+            cancelled: false,
             stdout: Captured::default(),
             stderr: Captured {
                 bytes: stderr.as_bytes().to_vec(),
@@ -228,6 +234,21 @@ mod tests {
             status(&o, false),
             (RunStatus::Oom, Some("memory_kill".into()))
         );
+    }
+
+    #[test]
+    fn a_cancelled_kill_is_cancelled_not_a_timeout() {
+        let mut o = outcome(Termination::Signaled(libc::SIGKILL), "");
+        o.cancelled = true;
+        o.timed_out = true;
+        assert_eq!(
+            status(&o, false),
+            (RunStatus::Failed, Some("cancelled".into()))
+        );
+        // Finished on its own just before the cancel: its own status stands.
+        let mut o = outcome(Termination::Exited(0), "");
+        o.cancelled = true;
+        assert_eq!(status(&o, false).0, RunStatus::Ok);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::RuntimeError;
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::supervise::{self, Sandbox, Wrapped};
-use crate::{Availability, Backend, RunResult, RunStatus};
+use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
 
 /// Wall-clock limit of a probe run.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,15 @@ impl Backend for ProcessBackend {
     }
 
     fn run(&self, job: &JobSpec) -> Result<RunResult, RuntimeError> {
-        supervise::execute(self, job)
+        supervise::execute(self, job, &RunControl::new())
+    }
+
+    fn run_controlled(
+        &self,
+        job: &JobSpec,
+        control: &RunControl,
+    ) -> Result<RunResult, RuntimeError> {
+        supervise::execute(self, job, control)
     }
 }
 
@@ -79,7 +87,7 @@ pub(crate) fn probe_job() -> JobSpec {
 
 /// Runs [`probe_job`] on `sandbox` and reports what happened.
 pub(crate) fn probe_with(sandbox: &dyn Sandbox, what: &str) -> Availability {
-    match supervise::execute(sandbox, &probe_job()) {
+    match supervise::execute(sandbox, &probe_job(), &RunControl::new()) {
         Ok(r) if r.status == RunStatus::Ok => Availability::Available {
             detail: format!("{what} (probe took {:.0} ms)", r.total_ms),
         },

@@ -2,7 +2,8 @@
 //! session with rlimits, read stdout/stderr on threads (bounded), enforce the wall-clock limit
 //! by killing the whole process group, kill the group again after the child exits so no stray
 //! survives, reap with `wait4` for the exit status and peak memory, and build the
-//! [`RunResult`]. A backend only says how to wrap the job's command ([`Sandbox`]).
+//! [`RunResult`]. A backend only says how to wrap the job's command ([`Sandbox`]). A
+//! [`RunControl`] lets the caller cancel the job (the same group kill) and observe its output.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -17,6 +18,7 @@ use sandstorm_features::IsolationBackend;
 use time::OffsetDateTime;
 
 use crate::RunResult;
+use crate::control::{Attached, OutputStream, RunControl};
 use crate::error::RuntimeError;
 use crate::job::{JobSpec, PreparedJob};
 use crate::limits::Limits;
@@ -79,7 +81,8 @@ pub(crate) struct Captured {
 }
 
 impl Captured {
-    fn push(&mut self, chunk: &[u8], cap: usize) {
+    /// Keeps what fits under `cap` and returns how many bytes of `chunk` that was.
+    fn push(&mut self, chunk: &[u8], cap: usize) -> usize {
         let room = cap.saturating_sub(self.bytes.len());
         let keep = room.min(chunk.len());
         self.bytes.extend_from_slice(&chunk[..keep]);
@@ -91,6 +94,7 @@ impl Captured {
             let excess = self.tail.len() - TAIL_BYTES;
             self.tail.drain(..excess);
         }
+        keep
     }
 
     pub(crate) fn text(&self) -> String {
@@ -104,6 +108,8 @@ pub(crate) struct Outcome {
     pub(crate) termination: Termination,
     /// The supervisor killed the group at the wall-clock limit.
     pub(crate) timed_out: bool,
+    /// A [`RunControl::cancel`] killed the group.
+    pub(crate) cancelled: bool,
     pub(crate) stdout: Captured,
     pub(crate) stderr: Captured,
     /// When the child was spawned.
@@ -114,7 +120,11 @@ pub(crate) struct Outcome {
 }
 
 /// Runs `job` in `sandbox`: the whole shared pipeline.
-pub(crate) fn execute(sandbox: &dyn Sandbox, job: &JobSpec) -> Result<RunResult, RuntimeError> {
+pub(crate) fn execute(
+    sandbox: &dyn Sandbox,
+    job: &JobSpec,
+    control: &RunControl,
+) -> Result<RunResult, RuntimeError> {
     let entry = Instant::now();
     let started_at = OffsetDateTime::now_utc();
     job.validate()?;
@@ -144,6 +154,7 @@ pub(crate) fn execute(sandbox: &dyn Sandbox, job: &JobSpec) -> Result<RunResult,
         &wrapped.program.display().to_string(),
         job.timeout,
         job.max_output_bytes,
+        control,
     );
     prepared.close();
     let outcome = outcome?;
@@ -226,6 +237,7 @@ fn supervise(
     program: &str,
     timeout: Duration,
     max_output_bytes: usize,
+    control: &RunControl,
 ) -> Result<Outcome, RuntimeError> {
     let mut child = command.spawn().map_err(|source| RuntimeError::Spawn {
         program: program.to_owned(),
@@ -238,6 +250,12 @@ fn supervise(
     // reap it behind our back) and dropping it neither waits nor kills.
     let mut guard = GroupGuard { pid, reaped: false };
     tracing::debug!(pid, program, "spawned");
+    // Declared after `guard`, so dropped (detached) before the guard reaps on early returns.
+    let attached = Attached(control);
+    if !control.attach(pid) {
+        tracing::debug!(pid, "cancelled before it started, killing process group");
+        guard.kill();
+    }
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let stdout = Arc::new(Mutex::new(Captured::default()));
@@ -245,20 +263,22 @@ fn supervise(
     let mut readers = 0;
     if let Some(pipe) = child.stdout.take() {
         spawn_reader(
-            "stdout",
+            OutputStream::Stdout,
             pipe,
             Arc::clone(&stdout),
             max_output_bytes,
+            control,
             &done_tx,
         )?;
         readers += 1;
     }
     if let Some(pipe) = child.stderr.take() {
         spawn_reader(
-            "stderr",
+            OutputStream::Stderr,
             pipe,
             Arc::clone(&stderr),
             max_output_bytes,
+            control,
             &done_tx,
         )?;
         readers += 1;
@@ -306,6 +326,9 @@ fn supervise(
         Ok(false) => {}
         Err(e) => tracing::error!(pgid = pid, error = %e, "could not kill process group"),
     }
+    // No cancel may signal the group once its leader is reaped (the id could be reused).
+    drop(attached);
+    let cancelled = control.killed();
     let (termination, usage) = guard.reap()?;
 
     let deadline = Instant::now() + OUTPUT_GRACE;
@@ -325,6 +348,7 @@ fn supervise(
     Ok(Outcome {
         termination,
         timed_out,
+        cancelled,
         stdout: take(&stdout),
         stderr: take(&stderr),
         spawned,
@@ -333,26 +357,32 @@ fn supervise(
     })
 }
 
-/// Reads `pipe` to its end on a thread, keeping at most `cap` bytes, and signals `done`.
+/// Reads `pipe` to its end on a thread, keeping at most `cap` bytes (which it also hands to
+/// the control's observer), and signals `done`.
 fn spawn_reader(
-    name: &str,
+    stream: OutputStream,
     mut pipe: impl Read + Send + 'static,
     sink: Arc<Mutex<Captured>>,
     cap: usize,
+    control: &RunControl,
     done: &mpsc::Sender<()>,
 ) -> Result<(), RuntimeError> {
     let done = done.clone();
+    let control = control.clone();
     thread::Builder::new()
-        .name(format!("sandstorm-{name}"))
+        .name(format!("sandstorm-{}", stream.as_str()))
         .spawn(move || {
             let mut buf = vec![0_u8; 64 * 1024];
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(&buf[..n], cap),
+                    Ok(n) => {
+                        let kept = sink
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(&buf[..n], cap);
+                        control.observe(stream, &buf[..kept]);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "reading child output failed");

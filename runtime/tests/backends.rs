@@ -5,9 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use common::{code, command, eventually_none, live_in_group, live_with_token, run};
 use sandstorm_features::{InputFile, IsolationBackend, Language};
-use sandstorm_runtime::{Engine, RunStatus};
+use sandstorm_runtime::{Engine, OutputStream, RunControl, RunStatus};
 
 /// How long killed processes may take to disappear from /proc.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
@@ -182,6 +185,75 @@ fn unsafe_file_path_is_a_user_error(backend: IsolationBackend) {
     assert!(err.to_string().contains("../escape.txt"), "{err}");
 }
 
+fn cancel_kills_the_whole_group_and_output_is_observed(backend: IsolationBackend, token: &str) {
+    let seen = Arc::new(Mutex::new(Vec::<(OutputStream, Vec<u8>)>::new()));
+    let sink = Arc::clone(&seen);
+    let control = RunControl::with_output_observer(move |stream, chunk| {
+        sink.lock().expect("lock").push((stream, chunk.to_vec()));
+    });
+    let job = command(
+        &format!("echo started; echo err >&2; sleep {token} & sleep 100"),
+        60.0,
+    );
+    let runner = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            let engine = Engine::new();
+            let backend = engine.backend(backend).expect("local backend");
+            backend.run_controlled(&job, &control)
+        })
+    };
+    let start = Instant::now();
+    let printed = |s: &[(OutputStream, Vec<u8>)]| {
+        s.iter()
+            .any(|(st, c)| *st == OutputStream::Stdout && c.starts_with(b"started"))
+    };
+    while !printed(&seen.lock().expect("lock")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no output observed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    control.cancel();
+    let r = runner
+        .join()
+        .expect("runner thread")
+        .expect("the run itself works");
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert_eq!(r.error_class.as_deref(), Some("cancelled"), "{r:?}");
+    assert!(r.total_ms < 30_000.0, "took {} ms", r.total_ms);
+    assert!(control.is_cancelled());
+    let left = eventually_none(KILL_PATIENCE, || live_with_token(token));
+    assert!(left.is_empty(), "`sleep {token}` survived: {left:?}");
+    // The observed chunks are exactly the captured output.
+    let seen = seen.lock().expect("lock");
+    let joined = |want: OutputStream| -> String {
+        let bytes: Vec<u8> = seen
+            .iter()
+            .filter(|(s, _)| *s == want)
+            .flat_map(|(_, c)| c.clone())
+            .collect();
+        String::from_utf8(bytes).expect("utf-8 output")
+    };
+    assert_eq!(joined(OutputStream::Stdout), r.stdout);
+    assert_eq!(joined(OutputStream::Stderr), r.stderr);
+    assert_eq!(r.stderr, "err\n");
+}
+
+fn cancel_before_start_ends_the_run_at_once(backend: IsolationBackend) {
+    let control = RunControl::new();
+    control.cancel();
+    let engine = Engine::new();
+    let r = engine
+        .backend(backend)
+        .expect("local backend")
+        .run_controlled(&command("sleep 100", 60.0), &control)
+        .expect("the run itself works");
+    assert_eq!(r.error_class.as_deref(), Some("cancelled"), "{r:?}");
+    assert!(r.total_ms < 30_000.0, "took {} ms", r.total_ms);
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:expr, $tag:literal) => {
         mod $module {
@@ -233,6 +305,17 @@ macro_rules! backend_tests {
             #[test]
             fn unsafe_file_path_is_a_user_error() {
                 super::unsafe_file_path_is_a_user_error($backend);
+            }
+            #[test]
+            fn cancel_kills_the_whole_group_and_output_is_observed() {
+                super::cancel_kills_the_whole_group_and_output_is_observed(
+                    $backend,
+                    concat!("1000.", $tag, "3"),
+                );
+            }
+            #[test]
+            fn cancel_before_start_ends_the_run_at_once() {
+                super::cancel_before_start_ends_the_run_at_once($backend);
             }
         }
     };

@@ -1,0 +1,284 @@
+//! The service's TOML configuration ([`Config`]): where to listen, the model directory, the
+//! catalog and telemetry paths, API keys (SHA-256 of each key, never the key itself) with their
+//! tenant and scopes, per-tenant rate and concurrency limits, and the request body limit.
+//! Relative paths are resolved against the configuration file's directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ServiceError;
+
+/// The whole configuration file. See `docs/service.md` and `examples/service.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Model directory written by `sandstorm train`.
+    pub models_dir: PathBuf,
+    /// Catalog TOML; the embedded default catalog when absent.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
+    /// Directory that receives one telemetry Parquet file per completed run; none when absent.
+    #[serde(default)]
+    pub telemetry_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (larger bodies get 413).
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+    /// How long shutdown waits for in-flight runs before cancelling them, in seconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_s: f64,
+    /// Finished runs kept in memory for `GET /v1/runs/{id}`; the oldest are forgotten first.
+    #[serde(default = "default_retained_runs")]
+    pub max_retained_runs: usize,
+    /// Limits of every tenant without its own entry in `tenants`.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Per-tenant overrides of `limits`, by tenant name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantLimits>,
+    /// The accepted API keys.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// Rate and concurrency limits of one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sustained authenticated requests per second.
+    pub requests_per_second: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// Runs executing at the same time (`POST /v1/runs` beyond it gets 429).
+    pub max_concurrent_runs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            burst: 100,
+            max_concurrent_runs: 4,
+        }
+    }
+}
+
+/// A tenant's overrides; unset fields keep the value of `limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub max_concurrent_runs: Option<u32>,
+}
+
+/// What a key may do beyond routing and running for its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Publish policies and reload models.
+    Admin,
+}
+
+/// One API key, stored as the SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Lowercase hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Tenant the key acts for.
+    pub tenant: String,
+    /// Extra scopes, e.g. `["admin"]`.
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    /// A label for logs (never the key).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_body_limit() -> usize {
+    // The request payload may be 8 MiB (`MAX_PAYLOAD_BYTES`); JSON escaping adds to it.
+    10 * 1024 * 1024
+}
+
+fn default_shutdown_grace() -> f64 {
+    30.0
+}
+
+fn default_retained_runs() -> usize {
+    10_000
+}
+
+impl Config {
+    /// A configuration with defaults everywhere, for `models_dir`.
+    pub fn new(models_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: default_listen(),
+            models_dir: models_dir.into(),
+            catalog: None,
+            telemetry_dir: None,
+            body_limit_bytes: default_body_limit(),
+            shutdown_grace_s: default_shutdown_grace(),
+            max_retained_runs: default_retained_runs(),
+            limits: Limits::default(),
+            tenants: BTreeMap::new(),
+            api_keys: Vec::new(),
+        }
+    }
+
+    /// Reads, parses and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ServiceError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServiceError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+            .map_err(|e| ServiceError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks configuration text; relative paths are taken relative to `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ServiceError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ServiceError::Config(e.to_string()))?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.models_dir);
+        if let Some(p) = &mut config.catalog {
+            resolve(p);
+        }
+        if let Some(p) = &mut config.telemetry_dir {
+            resolve(p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules the service relies on.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let err = |m: String| Err(ServiceError::Config(m));
+        let mut seen = BTreeSet::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
+                return err(format!(
+                    "api_keys[{i}].sha256 must be 64 hex digits (the SHA-256 of the key)"
+                ));
+            }
+            if key.tenant.trim().is_empty() || key.tenant.len() > 128 {
+                return err(format!("api_keys[{i}].tenant must be 1 to 128 characters"));
+            }
+            if !seen.insert(key.sha256.to_ascii_lowercase()) {
+                return err(format!("api_keys[{i}].sha256 is listed twice"));
+            }
+        }
+        for (name, limits) in std::iter::once(("limits".to_owned(), self.limits)).chain(
+            self.tenants
+                .keys()
+                .map(|t| (format!("tenants.{t}"), self.limits_for(t))),
+        ) {
+            if limits.requests_per_second == 0 || limits.burst == 0 {
+                return err(format!(
+                    "{name}: requests_per_second and burst must be positive"
+                ));
+            }
+        }
+        if self.body_limit_bytes < 1024 {
+            return err("body_limit_bytes must be at least 1024".to_owned());
+        }
+        if !(self.shutdown_grace_s.is_finite() && self.shutdown_grace_s >= 0.0) {
+            return err("shutdown_grace_s must be a non-negative number of seconds".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The limits of `tenant`: its overrides on top of `limits`.
+    pub fn limits_for(&self, tenant: &str) -> Limits {
+        let base = self.limits;
+        match self.tenants.get(tenant) {
+            None => base,
+            Some(t) => Limits {
+                requests_per_second: t.requests_per_second.unwrap_or(base.requests_per_second),
+                burst: t.burst.unwrap_or(base.burst),
+                max_concurrent_runs: t.max_concurrent_runs.unwrap_or(base.max_concurrent_runs),
+            },
+        }
+    }
+}
+
+/// Lowercase hex SHA-256 of an API key, as the configuration stores it.
+pub fn hash_api_key(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resolves_paths_and_applies_overrides() {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+models_dir = "models"
+telemetry_dir = "/var/telemetry"
+[limits]
+requests_per_second = 10
+[tenants.acme]
+max_concurrent_runs = 1
+[[api_keys]]
+sha256 = "{}"
+tenant = "acme"
+scopes = ["admin"]
+"#,
+            hash_api_key("k")
+        );
+        let c = Config::from_toml(&text, Path::new("/etc/sandstorm")).unwrap();
+        assert_eq!(c.models_dir, Path::new("/etc/sandstorm/models"));
+        assert_eq!(
+            c.telemetry_dir.as_deref(),
+            Some(Path::new("/var/telemetry"))
+        );
+        let acme = c.limits_for("acme");
+        assert_eq!(acme.max_concurrent_runs, 1);
+        assert_eq!(acme.requests_per_second, 10);
+        assert_eq!(c.limits_for("other").max_concurrent_runs, 4);
+        assert_eq!(c.api_keys[0].scopes, vec![Scope::Admin]);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let e = Config::from_toml("models_dir = 'm'\nport = 1", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `port`"), "{e}");
+        let e = Config::from_toml(
+            "models_dir = 'm'\n[[api_keys]]\nsha256 = 'abc'\ntenant = 't'",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("api_keys[0].sha256"), "{e}");
+        let e = Config::from_toml(
+            "models_dir = 'm'\n[limits]\nrequests_per_second = 0",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn key_hash_is_sha256_hex() {
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
