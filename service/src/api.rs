@@ -337,18 +337,14 @@ async fn run_logs(
             let event = match past.next() {
                 Some(e) => e,
                 None if finished => return None,
-                None => loop {
-                    match rx.recv().await {
-                        Ok(e) => break e,
-                        Err(RecvError::Lagged(n)) => {
-                            break LogEvent {
-                                seq: u64::MAX,
-                                kind: "lagged",
-                                data: format!("{n} events were dropped for this slow listener"),
-                            };
-                        }
-                        Err(RecvError::Closed) => return None,
-                    }
+                None => match rx.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => LogEvent {
+                        seq: u64::MAX,
+                        kind: "lagged",
+                        data: format!("{n} events were dropped for this slow listener"),
+                    },
+                    Err(RecvError::Closed) => return None,
                 },
             };
             if event.kind == "state"
