@@ -51,6 +51,7 @@ burst = 1000000
 [[api_keys]]
 sha256 = "$(printf %s "$key" | sha256sum | cut -d' ' -f1)"
 tenant = "bench"
+scopes = ["admin"]
 TOML
 # The request of examples/requests/hello-python.yaml, as JSON.
 cat >"$BENCH_DIR/request.json" <<'JSON'
@@ -88,3 +89,10 @@ echo "decision: $(wc -c <"$BENCH_DIR/decision.json") bytes, winner $(grep -o '"w
 wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route" >/dev/null
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency POST /v1/route (server: $WORKERS worker threads)"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route"
+# Server-side view: time in the handler stack (from accept of the request to the response),
+# as the service's own histograms measured it during warm-up and the run.
+echo "server-side sandstorm_http_request_duration_seconds{route=\"/v1/route\"} and sandstorm_decide_duration_seconds:"
+curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$PORT/metrics" |
+  grep -E '^sandstorm_(http_request_duration_seconds_(bucket|count)\{.*route="/v1/route"|decide_duration_seconds_(bucket|count))' |
+  awk '{ if ($1 ~ /_count/) { name=$1; sub(/_count.*/, "", name); count[name]=$2 } else { print } }
+       END { for (n in count) print n " count " count[n] }'
