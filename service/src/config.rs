@@ -275,6 +275,15 @@ scopes = ["admin"]
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../examples/service.toml");
+        let c = Config::from_toml(text, Path::new("/repo/examples")).unwrap();
+        assert_eq!(c.api_keys.len(), 2);
+        assert_eq!(c.api_keys[0].sha256, hash_api_key("example-key-change-me"));
+        assert_eq!(c.limits_for("acme").max_concurrent_runs, 16);
+    }
+
+    #[test]
     fn key_hash_is_sha256_hex() {
         assert_eq!(
             hash_api_key("abc"),

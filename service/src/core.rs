@@ -283,7 +283,8 @@ impl Core {
         result: &RunResult,
     ) -> Option<String> {
         let dir = self.telemetry_dir.as_deref()?;
-        let record = telemetry_record(run.id(), request, ctx, decision, result);
+        let mut record = telemetry_record(run.id(), request, ctx, decision, result);
+        record.queue_ms = ((result.started_at - run.created_at).as_seconds_f64() * 1000.0).max(0.0);
         match sandstorm_datasets::append_records(dir, std::slice::from_ref(&record)) {
             Ok(file) => Some(file.display().to_string()),
             Err(e) => {
@@ -359,7 +360,6 @@ pub(crate) fn telemetry_record(
     r.exit_code = result.exit_code;
     r.ts_start_us = Some(to_micros(result.started_at));
     r.ts_end_us = Some(to_micros(result.started_at) + (result.total_ms * 1000.0) as i64);
-    r.queue_ms = 0.0;
     r.start_ms = result.start_ms;
     r.exec_ms = result.exec_ms;
     r.total_latency_ms = result.total_ms;

@@ -283,7 +283,15 @@ type MalformedCase = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_a_4xx_naming_the_field() {
     let s = TestServer::start_with(|c| c.body_limit_bytes = 64 * 1024).await;
-    let cases: Vec<MalformedCase> = vec![
+    // (name, body, status, field named, text in the message)
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        u16,
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "truncated",
             br#"{"language": "python", "comma"#.to_vec(),
