@@ -271,15 +271,6 @@ async fn concurrency_limit_answers_429() {
     assert_eq!(r.status, 202, "the slot is free again: {}", r.text());
 }
 
-/// (case, body, expected status, field the error must name, text the message must contain)
-type MalformedCase = (
-    &'static str,
-    Vec<u8>,
-    u16,
-    Option<&'static str>,
-    &'static str,
-);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_a_4xx_naming_the_field() {
     let s = TestServer::start_with(|c| c.body_limit_bytes = 64 * 1024).await;
