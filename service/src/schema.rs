@@ -36,6 +36,9 @@ pub(crate) struct RunRequestDoc {
     /// Defaults to the api key's tenant; naming another tenant is refused.
     tenant: Option<String>,
     labels: BTreeMap<String, String>,
+    /// A stable name for a recurring job (1-512 characters); the router learns its past
+    /// outcomes per candidate.
+    workload: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
