@@ -185,13 +185,18 @@ impl PolicySource {
         Ok((path, bytes))
     }
 
-    /// A store holding only this policy, in deterministic (fuel) mode.
-    fn store(&self, kind: PolicyKind) -> Result<PolicyStore> {
+    /// A store holding only this policy, in deterministic (fuel) mode, with the name and kind
+    /// of DIR/policy.toml (default: a filter).
+    fn store(&self) -> Result<PolicyStore> {
+        let meta = policy_toml(&self.dir)?;
+        let kind = meta
+            .kind
+            .as_deref()
+            .map(parse_kind)
+            .transpose()?
+            .unwrap_or(PolicyKind::Filter);
         let (path, bytes) = self.component()?;
-        let name = policy_toml(&self.dir)
-            .ok()
-            .and_then(|t| t.name)
-            .unwrap_or_else(|| "policy".to_owned());
+        let name = meta.name.unwrap_or_else(|| "policy".to_owned());
         let store = PolicyStore::new(PolicyEngine::new(PolicyLimits::deterministic())?);
         let manifest = Manifest::for_module(&name, "0.0.0", "local", kind, &bytes)?;
         store
@@ -343,13 +348,7 @@ fn fixture_files(args: &TestArgs) -> Result<Vec<PathBuf>> {
 
 fn test(args: &TestArgs) -> Result<ExitCode> {
     let files = fixture_files(args)?;
-    let kind = policy_toml(&args.source.dir)?
-        .kind
-        .as_deref()
-        .map(parse_kind)
-        .transpose()?
-        .unwrap_or(PolicyKind::Filter);
-    let store = args.source.store(kind)?;
+    let store = args.source.store()?;
     let mut worker = store.worker();
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let all: Vec<Arc<Candidate>> = catalog.candidates().into_iter().map(Arc::new).collect();
@@ -515,13 +514,7 @@ struct ReplaySummary {
 }
 
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
-    let kind = policy_toml(&args.source.dir)?
-        .kind
-        .as_deref()
-        .map(parse_kind)
-        .transpose()?
-        .unwrap_or(PolicyKind::Filter);
-    let store = args.source.store(kind)?;
+    let store = args.source.store()?;
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let baseline = Router::new(&catalog, ModelSet::load(&args.models)?);
     let with_policy = Router::new(&catalog, ModelSet::load(&args.models)?).with_policies(store);
