@@ -7,58 +7,21 @@
 //! `--die-with-parent` plus the pid namespace take every sandboxed process down with it.
 
 use std::ffi::OsString;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use sandstorm_features::IsolationBackend;
 
 use crate::error::RuntimeError;
+use crate::hostfs::{self, ETC_ALWAYS, ETC_NETWORK, RootEntry};
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::process::probe_with;
-use crate::supervise::{self, Outcome, Sandbox, Wrapped};
+use crate::supervise::{self, Outcome, Sandbox, Wrapped, Wrapper};
 use crate::sys::Termination;
 use crate::{Availability, Backend, RunControl, RunResult};
 
 /// Where the job directory appears inside the sandbox.
 const SANDBOX_WORKDIR: &str = "/work";
-
-/// Top-level entries that merged-usr systems make symlinks into `/usr` (mirrored as the same
-/// symlinks) and older systems keep as directories (bound read-only).
-const ROOT_ENTRIES: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-
-/// The `/etc` files every job gets, read-only. Nothing here is secret:
-/// - `ld.so.cache`: the dynamic loader's library index (without it every library lookup walks
-///   the default directories, and libraries outside them are not found);
-/// - `alternatives`: Debian's symlink farm that `/usr/bin` names like `awk` or `editor` point
-///   through;
-/// - `localtime`: the host time zone, for interpreters that format local times.
-///
-/// Deliberately absent: `shadow`/`gshadow` (password hashes), `passwd`/`group` (host account
-/// names), `ssl/private` (host TLS keys), and everything else under `/etc`.
-const ETC_ALWAYS: [&str; 3] = ["/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"];
-
-/// Extra `/etc` files for jobs that may use the network: name resolution (`resolv.conf`,
-/// `hosts`, `nsswitch.conf`, `host.conf`, `gai.conf`) and the public CA certificates TLS
-/// clients verify servers with (`ssl/certs`, `ssl/openssl.cnf`; never `ssl/private`).
-const ETC_NETWORK: [&str; 7] = [
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-    "/etc/ssl/certs",
-    "/etc/ssl/openssl.cnf",
-];
-
-/// How a top-level directory of the host appears in the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RootEntry {
-    /// `/name` is a symlink (merged usr) with this target.
-    Symlink { path: PathBuf, target: PathBuf },
-    /// `/name` is a real directory, bound read-only.
-    Dir(PathBuf),
-}
 
 /// Runs jobs under bubblewrap.
 #[derive(Debug)]
@@ -71,23 +34,9 @@ pub(crate) struct BubblewrapBackend {
 impl BubblewrapBackend {
     /// Finds `bwrap` and reads the host's top-level layout; runs nothing.
     pub(crate) fn new() -> Self {
-        let root = ROOT_ENTRIES
-            .iter()
-            .filter_map(|name| {
-                let path = Path::new("/").join(name);
-                let meta = fs::symlink_metadata(&path).ok()?;
-                if meta.file_type().is_symlink() {
-                    let target = fs::read_link(&path).ok()?;
-                    Some(RootEntry::Symlink { path, target })
-                } else if meta.is_dir() {
-                    Some(RootEntry::Dir(path))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let root = hostfs::root_entries();
         Self {
-            bwrap: find_bwrap(),
+            bwrap: hostfs::find_program("bwrap"),
             root,
         }
     }
@@ -192,21 +141,7 @@ impl Args {
     }
 }
 
-/// `bwrap` from the caller's `PATH`, else from [`SEARCH_PATH`].
-fn find_bwrap() -> Option<PathBuf> {
-    let caller_path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&caller_path)
-        .chain(std::env::split_paths(SEARCH_PATH))
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join("bwrap"))
-        .find(|p| p.is_file())
-}
-
-impl Sandbox for BubblewrapBackend {
-    fn backend(&self) -> IsolationBackend {
-        IsolationBackend::Bubblewrap
-    }
-
+impl Wrapper for BubblewrapBackend {
     fn wrap(
         &self,
         job: &JobSpec,
@@ -225,6 +160,12 @@ impl Sandbox for BubblewrapBackend {
             // Only for `bwrap` itself; the sandbox gets `--clearenv` and its own variables.
             env: vec![("PATH".into(), SEARCH_PATH.into())],
         })
+    }
+}
+
+impl Sandbox for BubblewrapBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Bubblewrap
     }
 
     /// bwrap exits 128 + N when the sandboxed program dies of signal N.

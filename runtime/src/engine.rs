@@ -8,14 +8,31 @@ use std::thread;
 use sandstorm_features::IsolationBackend;
 
 use crate::bubblewrap::BubblewrapBackend;
+use crate::gvisor::{DEFAULT_GVISOR_POOL_SIZE, GvisorBackend};
 use crate::process::ProcessBackend;
 use crate::{Availability, Backend};
 
-/// The local backends: `process` and `bubblewrap`.
+/// How an [`Engine`] is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// gVisor sandboxes kept started ahead of jobs (0: every job pays a cold start).
+    pub gvisor_pool_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            gvisor_pool_size: DEFAULT_GVISOR_POOL_SIZE,
+        }
+    }
+}
+
+/// The local backends: `process`, `bubblewrap` and `gvisor`.
 #[derive(Debug)]
 pub struct Engine {
     process: ProcessBackend,
     bubblewrap: BubblewrapBackend,
+    gvisor: GvisorBackend,
     availability: OnceLock<BTreeMap<IsolationBackend, Availability>>,
 }
 
@@ -28,9 +45,15 @@ impl Default for Engine {
 impl Engine {
     /// Locates the backends' programs; runs nothing until [`Engine::availability`] or a run.
     pub fn new() -> Self {
+        Self::with_config(&EngineConfig::default())
+    }
+
+    /// [`Engine::new`] with `config`.
+    pub fn with_config(config: &EngineConfig) -> Self {
         Self {
             process: ProcessBackend,
             bubblewrap: BubblewrapBackend::new(),
+            gvisor: GvisorBackend::new(config.gvisor_pool_size),
             availability: OnceLock::new(),
         }
     }
@@ -41,9 +64,8 @@ impl Engine {
         match b {
             IsolationBackend::Process => Some(&self.process),
             IsolationBackend::Bubblewrap => Some(&self.bubblewrap),
-            IsolationBackend::Gvisor
-            | IsolationBackend::RootlessOci
-            | IsolationBackend::Microvm => None,
+            IsolationBackend::Gvisor => Some(&self.gvisor),
+            IsolationBackend::RootlessOci | IsolationBackend::Microvm => None,
         }
     }
 

@@ -137,36 +137,12 @@ pub(crate) struct PreparedJob {
 impl PreparedJob {
     /// Creates the directory and writes the files. `job` must have passed `validate`.
     pub(crate) fn prepare(job: &JobSpec) -> Result<Self, RuntimeError> {
-        let (program, args) = match (&job.command, &job.code) {
-            (Some(command), _) => (SHELL.to_owned(), vec!["-c".to_owned(), command.clone()]),
-            (None, Some(_)) => {
-                let interpreter = find_interpreter(job.language)?;
-                (
-                    interpreter.display().to_string(),
-                    vec![job.code_file_name()],
-                )
-            }
-            (None, None) => {
-                return Err(RuntimeError::Internal(
-                    "prepare called on a job without command or code".into(),
-                ));
-            }
-        };
+        let (program, args) = command_line(job)?;
         let dir = tempfile::Builder::new()
             .prefix("sandstorm-job-")
             .tempdir()
             .map_err(RuntimeError::JobDir)?;
-        let code_file = job
-            .code
-            .as_ref()
-            .map(|code| (job.code_file_name(), code.as_str()));
-        let files = job
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.content.as_str()));
-        for (path, content) in code_file.into_iter().chain(files) {
-            write_new(&dir.path().join(path), content.as_bytes()).map_err(RuntimeError::JobDir)?;
-        }
+        write_files(job, dir.path())?;
         tracing::debug!(dir = %dir.path().display(), program, "job directory prepared");
         Ok(Self { dir, program, args })
     }
@@ -196,6 +172,40 @@ impl PreparedJob {
 }
 
 /// Writes a file that must not exist yet, creating its parent directories.
+/// The program and arguments that run `job` from inside its job directory: `/bin/sh -c
+/// COMMAND`, or the language's interpreter on the inline code file.
+pub(crate) fn command_line(job: &JobSpec) -> Result<(String, Vec<String>), RuntimeError> {
+    match (&job.command, &job.code) {
+        (Some(command), _) => Ok((SHELL.to_owned(), vec!["-c".to_owned(), command.clone()])),
+        (None, Some(_)) => {
+            let interpreter = find_interpreter(job.language)?;
+            Ok((
+                interpreter.display().to_string(),
+                vec![job.code_file_name()],
+            ))
+        }
+        (None, None) => Err(RuntimeError::Internal(
+            "prepare called on a job without command or code".into(),
+        )),
+    }
+}
+
+/// Writes the job's files (and its inline code file) under `dir`, never overwriting.
+pub(crate) fn write_files(job: &JobSpec, dir: &Path) -> Result<(), RuntimeError> {
+    let code_file = job
+        .code
+        .as_ref()
+        .map(|code| (job.code_file_name(), code.as_str()));
+    let files = job
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.content.as_str()));
+    for (path, content) in code_file.into_iter().chain(files) {
+        write_new(&dir.join(path), content.as_bytes()).map_err(RuntimeError::JobDir)?;
+    }
+    Ok(())
+}
+
 fn write_new(path: &Path, content: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;

@@ -11,7 +11,7 @@ use sandstorm_features::{IsolationBackend, Language};
 use crate::error::RuntimeError;
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
-use crate::supervise::{self, Sandbox, Wrapped};
+use crate::supervise::{self, Sandbox, Wrapped, Wrapper};
 use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
 
 /// Wall-clock limit of a probe run.
@@ -21,11 +21,7 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct ProcessBackend;
 
-impl Sandbox for ProcessBackend {
-    fn backend(&self) -> IsolationBackend {
-        IsolationBackend::Process
-    }
-
+impl Wrapper for ProcessBackend {
     fn wrap(
         &self,
         _job: &JobSpec,
@@ -41,6 +37,12 @@ impl Sandbox for ProcessBackend {
                 ("LANG".into(), "C.UTF-8".into()),
             ],
         })
+    }
+}
+
+impl Sandbox for ProcessBackend {
+    fn backend(&self) -> IsolationBackend {
+        IsolationBackend::Process
     }
 
     fn enforced(&self, _job: &JobSpec) -> Vec<String> {
@@ -86,7 +88,7 @@ pub(crate) fn probe_job() -> JobSpec {
 }
 
 /// Runs [`probe_job`] on `sandbox` and reports what happened.
-pub(crate) fn probe_with(sandbox: &dyn Sandbox, what: &str) -> Availability {
+pub(crate) fn probe_with(sandbox: &dyn Wrapper, what: &str) -> Availability {
     match supervise::execute(sandbox, &probe_job(), &RunControl::new()) {
         Ok(r) if r.status == RunStatus::Ok => Availability::Available {
             detail: format!("{what} (probe took {:.0} ms)", r.total_ms),

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -34,18 +34,10 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// outcome (an interpreter reports running out of memory on its last stderr line).
 pub(crate) const TAIL_BYTES: usize = 8192;
 
-/// What a backend contributes: the program that runs a prepared job, and how to read its
-/// exit status.
+/// What every backend tells the shared result building: how to read its exit status and what
+/// it enforces.
 pub(crate) trait Sandbox {
     fn backend(&self) -> IsolationBackend;
-
-    /// The program and arguments that run `prepared` (whose `argv` is the job's own command).
-    fn wrap(
-        &self,
-        job: &JobSpec,
-        prepared: &PreparedJob,
-        limits: &Limits,
-    ) -> Result<Wrapped, RuntimeError>;
 
     /// Whether the wrapper reports a child killed by signal N as exit code 128 + N.
     fn signals_as_exit_codes(&self) -> bool {
@@ -59,6 +51,17 @@ pub(crate) trait Sandbox {
 
     /// Labels of what this backend enforces beyond the shared limits.
     fn enforced(&self, job: &JobSpec) -> Vec<String>;
+}
+
+/// A backend that runs each job by spawning one wrapped command line ([`execute`]).
+pub(crate) trait Wrapper: Sandbox {
+    /// The program and arguments that run `prepared` (whose `argv` is the job's own command).
+    fn wrap(
+        &self,
+        job: &JobSpec,
+        prepared: &PreparedJob,
+        limits: &Limits,
+    ) -> Result<Wrapped, RuntimeError>;
 }
 
 /// A wrapped command line and its environment.
@@ -121,7 +124,7 @@ pub(crate) struct Outcome {
 
 /// Runs `job` in `sandbox`: the whole shared pipeline.
 pub(crate) fn execute(
-    sandbox: &dyn Sandbox,
+    sandbox: &dyn Wrapper,
     job: &JobSpec,
     control: &RunControl,
 ) -> Result<RunResult, RuntimeError> {
@@ -149,20 +152,32 @@ pub(crate) fn execute(
     sys::isolate_child(&mut command, &limits.rlimits());
     let span = tracing::debug_span!("run", backend = %sandbox.backend());
     let _enter = span.enter();
-    let outcome = supervise(
-        command,
-        &wrapped.program.display().to_string(),
-        job.timeout,
-        job.max_output_bytes,
-        control,
-    );
+    let program = wrapped.program.display().to_string();
+    let outcome = command
+        .spawn()
+        .map_err(|source| RuntimeError::Spawn {
+            program: program.clone(),
+            source,
+        })
+        .and_then(|child| supervise(child, Instant::now(), &program, job, control));
     prepared.close();
-    let outcome = outcome?;
+    Ok(finish(sandbox, job, &limits, &outcome?, entry, started_at))
+}
+
+/// The [`RunResult`] of a supervised run that entered the backend at `entry`.
+pub(crate) fn finish(
+    sandbox: &dyn Sandbox,
+    job: &JobSpec,
+    limits: &Limits,
+    outcome: &Outcome,
+    entry: Instant,
+    started_at: OffsetDateTime,
+) -> RunResult {
     let verdict = outcome::classify(
-        &outcome,
-        &limits,
+        outcome,
+        limits,
         sandbox.signals_as_exit_codes(),
-        sandbox.setup_failed(&outcome),
+        sandbox.setup_failed(outcome),
     );
     let mut enforced_limits = limits.describe(job);
     enforced_limits.extend(sandbox.enforced(job));
@@ -190,7 +205,7 @@ pub(crate) fn execute(
     };
     tracing::debug!(status = %result.status, exit_code = ?result.exit_code,
         signal = ?result.signal, exec_ms = result.exec_ms, "run finished");
-    Ok(result)
+    result
 }
 
 fn ms(d: Duration) -> f64 {
@@ -231,19 +246,16 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Spawns `command` (already set to lead its own session) and supervises it to the end.
-fn supervise(
-    mut command: Command,
+/// Supervises `child` (which leads its own session, its job started at `started`) to the
+/// end: output, the job's wall-clock limit, cancellation, group kill, reaping.
+pub(crate) fn supervise(
+    mut child: Child,
+    spawned: Instant,
     program: &str,
-    timeout: Duration,
-    max_output_bytes: usize,
+    job: &JobSpec,
     control: &RunControl,
 ) -> Result<Outcome, RuntimeError> {
-    let mut child = command.spawn().map_err(|source| RuntimeError::Spawn {
-        program: program.to_owned(),
-        source,
-    })?;
-    let spawned = Instant::now();
+    let (timeout, max_output_bytes) = (job.timeout, job.max_output_bytes);
     let pid = libc::pid_t::try_from(child.id())
         .map_err(|_| RuntimeError::Internal(format!("pid {} out of range", child.id())))?;
     // From here on the guard owns the child: std's `Child` is never waited on (that would
