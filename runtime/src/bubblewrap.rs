@@ -7,11 +7,16 @@
 //! `--die-with-parent` plus the pid namespace take every sandboxed process down with it.
 
 use std::ffi::OsString;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use sandstorm_features::IsolationBackend;
 
 use crate::error::RuntimeError;
+use crate::harden::SeccompFilters;
+use crate::sys::ChildHardening;
 use crate::hostfs::{self, ETC_ALWAYS, ETC_NETWORK, RootEntry};
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
@@ -26,6 +31,7 @@ const SANDBOX_WORKDIR: &str = "/work";
 /// Runs jobs under bubblewrap.
 #[derive(Debug)]
 pub(crate) struct BubblewrapBackend {
+    seccomp: Arc<SeccompFilters>,
     /// The `bwrap` executable, if this host has one.
     bwrap: Option<PathBuf>,
     root: Vec<RootEntry>,
@@ -33,9 +39,10 @@ pub(crate) struct BubblewrapBackend {
 
 impl BubblewrapBackend {
     /// Finds `bwrap` and reads the host's top-level layout; runs nothing.
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(seccomp: Arc<SeccompFilters>) -> Self {
         let root = hostfs::root_entries();
         Self {
+            seccomp,
             bwrap: hostfs::find_program("bwrap"),
             root,
         }
@@ -56,6 +63,7 @@ impl BubblewrapBackend {
         job: &JobSpec,
         job_dir: &Path,
         limits: &Limits,
+        seccomp_fds: &[RawFd],
         program: &str,
         args: &[String],
     ) -> Vec<OsString> {
@@ -120,6 +128,9 @@ impl BubblewrapBackend {
         ] {
             a.push(["--setenv", key, value]);
         }
+        for fd in seccomp_fds {
+            a.push(["--add-seccomp-fd".to_owned(), fd.to_string()]);
+        }
         a.push(["--", program]);
         a.push(args);
         a.0
@@ -141,6 +152,14 @@ impl Args {
     }
 }
 
+/// An unlinked file holding `bytes`, positioned at its start.
+fn filter_file(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let mut file = tempfile::tempfile()?;
+    file.write_all(bytes)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file.into())
+}
+
 impl Wrapper for BubblewrapBackend {
     fn wrap(
         &self,
@@ -148,17 +167,31 @@ impl Wrapper for BubblewrapBackend {
         prepared: &PreparedJob,
         limits: &Limits,
     ) -> Result<Wrapped, RuntimeError> {
+        let program = self.bwrap()?.to_path_buf();
+        // bwrap reads each seccomp program from a descriptor it inherits and installs it
+        // right before exec'ing the job, after its own namespace and mount set-up.
+        let mut inherit = Vec::new();
+        for bytes in self.seccomp.bytes(job.allow_network) {
+            inherit.push(filter_file(&bytes).map_err(RuntimeError::JobDir)?);
+        }
+        let fds: Vec<RawFd> = inherit.iter().map(AsRawFd::as_raw_fd).collect();
         Ok(Wrapped {
-            program: self.bwrap()?.to_path_buf(),
+            program,
             args: self.arguments(
                 job,
                 prepared.dir(),
                 limits,
+                &fds,
                 prepared.program(),
                 prepared.args(),
             ),
             // Only for `bwrap` itself; the sandbox gets `--clearenv` and its own variables.
             env: vec![("PATH".into(), SEARCH_PATH.into())],
+            hardening: ChildHardening {
+                inherit,
+                landlock: None,
+                seccomp: Vec::new(),
+            },
         })
     }
 }
@@ -198,6 +231,8 @@ impl Sandbox for BubblewrapBackend {
             format!("tmpfs_tmp_mib={}", job.memory_mib),
             "die_with_parent".to_owned(),
             "pid_namespace_kill".to_owned(),
+            "no_new_privs".to_owned(),
+            self.seccomp.label().to_owned(),
         ]
     }
 }
@@ -240,6 +275,7 @@ mod tests {
 
     fn args_for(allow_network: bool) -> Vec<String> {
         let backend = BubblewrapBackend {
+            seccomp: Arc::new(SeccompFilters::compile()),
             bwrap: Some("/usr/bin/bwrap".into()),
             root: vec![
                 RootEntry::Symlink {
@@ -259,6 +295,7 @@ mod tests {
                 &job,
                 Path::new("/tmp/job"),
                 &limits,
+                &[7],
                 "/bin/sh",
                 &["-c".into(), "true".into()],
             )
@@ -321,6 +358,7 @@ mod tests {
         assert!(has_window(&args, &["--cap-drop", "ALL"]));
         assert!(has_window(&args, &["--remount-ro", "/"]));
         assert!(args.contains(&"--as-pid-1".to_owned()));
+        assert!(has_window(&args, &["--add-seccomp-fd", "7", "--", "/bin/sh"]));
         assert!(args.ends_with(&["--".into(), "/bin/sh".into(), "-c".into(), "true".into()]));
         // The environment is cleared before the job's own variables are set.
         let clear = args.iter().position(|a| a == "--clearenv");

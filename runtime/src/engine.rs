@@ -2,12 +2,13 @@
 //! first use and cached.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use sandstorm_features::IsolationBackend;
 
 use crate::bubblewrap::BubblewrapBackend;
+use crate::harden::SeccompFilters;
 use crate::gvisor::{DEFAULT_GVISOR_POOL_SIZE, GvisorBackend};
 use crate::process::ProcessBackend;
 use crate::{Availability, Backend};
@@ -50,9 +51,10 @@ impl Engine {
 
     /// [`Engine::new`] with `config`.
     pub fn with_config(config: &EngineConfig) -> Self {
+        let seccomp = Arc::new(SeccompFilters::compile());
         Self {
-            process: ProcessBackend,
-            bubblewrap: BubblewrapBackend::new(),
+            process: ProcessBackend::new(Arc::clone(&seccomp)),
+            bubblewrap: BubblewrapBackend::new(seccomp),
             gvisor: GvisorBackend::new(config.gvisor_pool_size),
             availability: OnceLock::new(),
         }

@@ -37,7 +37,7 @@ use crate::limits::{FILE_SIZE_LIMIT_BYTES, Limits, OPEN_FILES_LIMIT};
 use crate::oci::{self, BundleSpec};
 use crate::process::probe_job;
 use crate::supervise::{self, Outcome, Sandbox};
-use crate::sys::{self, Termination, Usage};
+use crate::sys::{self, ChildHardening, Termination, Usage};
 use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
 
 /// Warm sandboxes kept ready when the engine is not told otherwise.
@@ -402,7 +402,7 @@ impl Pool {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        sys::isolate_child(&mut command, &[]);
+        sys::isolate_child(&mut command, &[], ChildHardening::default());
         let child = command.spawn().map_err(|source| RuntimeError::Spawn {
             program: self.runsc.display().to_string(),
             source,

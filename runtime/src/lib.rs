@@ -55,6 +55,7 @@ mod control;
 mod engine;
 mod error;
 mod gvisor;
+mod harden;
 mod hostfs;
 mod job;
 mod limits;

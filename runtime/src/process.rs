@@ -4,11 +4,14 @@
 //! (see `IsolationBackend::can_block_network`) and only suits trusted code.
 
 use std::ffi::OsString;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sandstorm_features::{IsolationBackend, Language};
 
 use crate::error::RuntimeError;
+use crate::harden::{self, SeccompFilters};
+use crate::sys::ChildHardening;
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::supervise::{self, Sandbox, Wrapped, Wrapper};
@@ -18,24 +21,40 @@ use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs jobs as local child processes.
-#[derive(Debug, Default)]
-pub(crate) struct ProcessBackend;
+#[derive(Debug)]
+pub(crate) struct ProcessBackend {
+    seccomp: Arc<SeccompFilters>,
+}
+
+impl ProcessBackend {
+    pub(crate) fn new(seccomp: Arc<SeccompFilters>) -> Self {
+        Self { seccomp }
+    }
+}
 
 impl Wrapper for ProcessBackend {
     fn wrap(
         &self,
-        _job: &JobSpec,
+        job: &JobSpec,
         prepared: &PreparedJob,
         _limits: &Limits,
     ) -> Result<Wrapped, RuntimeError> {
+        let dir = prepared.dir().display().to_string();
         Ok(Wrapped {
             program: prepared.program().into(),
             args: prepared.args().iter().map(OsString::from).collect(),
             env: vec![
                 ("PATH".into(), SEARCH_PATH.into()),
-                ("HOME".into(), prepared.dir().display().to_string()),
+                ("HOME".into(), dir.clone()),
                 ("LANG".into(), "C.UTF-8".into()),
+                // The rest of the file system is read-only under Landlock.
+                ("TMPDIR".into(), dir),
             ],
+            hardening: ChildHardening {
+                inherit: Vec::new(),
+                landlock: harden::landlock(prepared.dir()).fd,
+                seccomp: self.seccomp.programs(job.allow_network),
+            },
         })
     }
 }
@@ -45,8 +64,21 @@ impl Sandbox for ProcessBackend {
         IsolationBackend::Process
     }
 
-    fn enforced(&self, _job: &JobSpec) -> Vec<String> {
-        vec!["network=host".to_owned(), "filesystem=host".to_owned()]
+    fn enforced(&self, job: &JobSpec) -> Vec<String> {
+        let mut labels = vec![
+            "no_new_privs".to_owned(),
+            self.seccomp.label().to_owned(),
+            harden::landlock_label().to_owned(),
+        ];
+        labels.push(
+            if job.allow_network || !self.seccomp.is_enforced() {
+                "network=host"
+            } else {
+                "network=blocked_by_seccomp"
+            }
+            .to_owned(),
+        );
+        labels
     }
 }
 

@@ -23,7 +23,7 @@ use crate::error::RuntimeError;
 use crate::job::{JobSpec, PreparedJob};
 use crate::limits::Limits;
 use crate::outcome;
-use crate::sys::{self, Termination, Usage};
+use crate::sys::{self, ChildHardening, Termination, Usage};
 
 /// How long output readers may keep going after the process group is dead. Readers only
 /// outlive the group when a process escaped it (called `setsid` itself) and still holds the
@@ -64,12 +64,13 @@ pub(crate) trait Wrapper: Sandbox {
     ) -> Result<Wrapped, RuntimeError>;
 }
 
-/// A wrapped command line and its environment.
-#[derive(Debug, Clone)]
+/// A wrapped command line, its environment and what the child applies to itself.
+#[derive(Debug)]
 pub(crate) struct Wrapped {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(String, String)>,
+    pub(crate) hardening: ChildHardening,
 }
 
 /// Captured output of one stream.
@@ -149,7 +150,7 @@ pub(crate) fn execute(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    sys::isolate_child(&mut command, &limits.rlimits());
+    sys::isolate_child(&mut command, &limits.rlimits(), wrapped.hardening);
     let span = tracing::debug_span!("run", backend = %sandbox.backend());
     let _enter = span.enter();
     let program = wrapped.program.display().to_string();

@@ -1,9 +1,11 @@
 //! The only module with `unsafe`: thin wrappers over the system calls the supervisor needs
-//! (`setsid` and `setrlimit` in the child before `exec`, `waitid`, `wait4`, `killpg`).
+//! (`setsid`, `setrlimit`, Landlock and seccomp in the child before `exec`, `waitid`, `wait4`,
+//! `killpg`).
 //! Each wrapper returns `io::Result` and does nothing beyond the call itself.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -36,9 +38,24 @@ fn resource_id(resource: Resource) -> libc::__rlimit_resource_t {
     }
 }
 
+/// What a child applies to itself after its rlimits, before `exec`.
+#[derive(Debug, Default)]
+pub(crate) struct ChildHardening {
+    /// Files the child inherits (their close-on-exec flag is cleared in the child).
+    pub(crate) inherit: Vec<OwnedFd>,
+    /// A Landlock ruleset to enforce (with `no_new_privs`).
+    pub(crate) landlock: Option<OwnedFd>,
+    /// Seccomp programs to install, in order (each sets `no_new_privs`).
+    pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
+}
+
 /// Makes the child a session and process-group leader (so its pid is the group id every
-/// descendant inherits) and applies `limits`, between `fork` and `exec`.
-pub(crate) fn isolate_child(command: &mut Command, limits: &[Rlimit]) {
+/// descendant inherits), applies `limits`, then `hardening`, between `fork` and `exec`.
+pub(crate) fn isolate_child(
+    command: &mut Command,
+    limits: &[Rlimit],
+    hardening: ChildHardening,
+) {
     // Converted before the fork: the closure below must not allocate.
     let raw: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
         .iter()
@@ -64,6 +81,29 @@ pub(crate) fn isolate_child(command: &mut Command, limits: &[Rlimit]) {
             if unsafe { libc::setrlimit(*resource, limit) } == -1 {
                 return Err(io::Error::last_os_error());
             }
+        }
+        for fd in &hardening.inherit {
+            // SAFETY: fcntl on a descriptor this closure owns; async-signal-safe.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(ruleset) = &hardening.landlock {
+            // SAFETY: prctl with integer arguments; async-signal-safe.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: landlock_restrict_self takes a ruleset descriptor this closure owns and
+            // a flags integer; a raw system call, async-signal-safe.
+            if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0) }
+                == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for program in &hardening.seccomp {
+            // prctl + seccomp(2) on a program this closure owns; no allocation on success.
+            seccompiler::apply_filter(program).map_err(io::Error::other)?;
         }
         Ok(())
     };

@@ -133,14 +133,16 @@ fn peak_memory_of_the_job_is_measured() {
 }
 
 #[test]
-fn bubblewrap_and_process_probe_available() {
+fn process_bubblewrap_and_gvisor_probe_available() {
     let engine = Engine::new();
     let availability = engine.availability();
     let bwrap = &availability[&BWRAP];
     assert!(bwrap.is_available(), "{bwrap}");
     let process = &availability[&IsolationBackend::Process];
     assert!(process.is_available(), "{process}");
-    assert!(!availability.contains_key(&IsolationBackend::Gvisor));
+    let gvisor = &availability[&IsolationBackend::Gvisor];
+    assert!(gvisor.is_available(), "{gvisor}");
+    assert!(!availability.contains_key(&IsolationBackend::Microvm));
     // Cached: the same map is returned without probing again.
     assert!(std::ptr::eq(availability, engine.availability()));
 }

@@ -1,0 +1,269 @@
+//! Kernel-level hardening of local jobs: a seccomp filter compiled once per engine and
+//! Landlock file-system rules built per job (best effort: kernels without Landlock run
+//! without it and the run says so).
+//!
+//! The seccomp filter answers `EPERM` (the job sees a failed call, not a crash) to:
+//! - debugging and reading other processes: `ptrace`, `process_vm_readv/writev`;
+//! - io_uring (`io_uring_setup/enter/register`), which bypasses syscall filtering;
+//! - kernel and system administration: modules, `kexec`, `bpf`, `perf_event_open`,
+//!   `userfaultfd`, keyrings, `mount` and the new mount API, `pivot_root`, `swapon/off`,
+//!   `reboot`, `syslog`, `acct`, `quotactl`, `iopl/ioperm`, `open_by_handle_at`;
+//! - new namespaces: `unshare`, `setns`, `clone` with any `CLONE_NEW*` flag (`clone3` answers
+//!   `ENOSYS` so that libc falls back to `clone`, whose flags the filter can read);
+//! - unless the job may use the network: `socket` for every address family except
+//!   `AF_UNIX` (so TCP, UDP, raw sockets, netlink and DNS lookups fail).
+//!
+//! Landlock (process tier only; the other tiers build their own file-system view) makes the
+//! whole file system read-only for the job except its job directory and `/dev/null`.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    path_beneath_rules,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// Syscalls no job may make.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_syslog,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_ioperm,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+];
+
+/// The seccomp filters of one engine, compiled once: the main filter for jobs with and
+/// without network, and `clone3`'s. When they cannot be compiled (an architecture seccompiler
+/// does not know), jobs run without them and report `seccomp=unavailable`.
+#[derive(Debug)]
+pub(crate) struct SeccompFilters(Result<Compiled, String>);
+
+#[derive(Debug)]
+struct Compiled {
+    closed: BpfProgram,
+    open: BpfProgram,
+    clone3: BpfProgram,
+}
+
+impl SeccompFilters {
+    pub(crate) fn compile() -> Self {
+        let compiled = (|| {
+            Ok(Compiled {
+                closed: compile(false)?,
+                open: compile(true)?,
+                clone3: compile_clone3()?,
+            })
+        })();
+        if let Err(e) = &compiled {
+            tracing::warn!(error = %e, "jobs run without seccomp");
+        }
+        Self(compiled)
+    }
+
+    pub(crate) fn is_enforced(&self) -> bool {
+        self.0.is_ok()
+    }
+
+    /// The label runs report.
+    pub(crate) fn label(&self) -> &'static str {
+        if self.is_enforced() {
+            "seccomp=sandstorm_v1"
+        } else {
+            "seccomp=unavailable"
+        }
+    }
+
+    /// The programs to install for a job that may (or may not) use the network.
+    pub(crate) fn programs(&self, allow_network: bool) -> Vec<BpfProgram> {
+        match &self.0 {
+            Ok(c) => {
+                let main = if allow_network { &c.open } else { &c.closed };
+                vec![main.clone(), c.clone3.clone()]
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Each program as the raw bytes `bwrap --add-seccomp-fd FD` reads (an array of
+    /// `sock_filter`).
+    pub(crate) fn bytes(&self, allow_network: bool) -> Vec<Vec<u8>> {
+        self.programs(allow_network)
+            .iter()
+            .map(|program| {
+                let mut out = Vec::with_capacity(program.len() * 8);
+                for f in program {
+                    out.extend_from_slice(&f.code.to_ne_bytes());
+                    out.push(f.jt);
+                    out.push(f.jf);
+                    out.extend_from_slice(&f.k.to_ne_bytes());
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+fn compile(allow_network: bool) -> Result<BpfProgram, String> {
+    let err = |e: seccompiler::BackendError| format!("cannot compile the seccomp filter: {e}");
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp filter for {}: {e}", std::env::consts::ARCH))?;
+    let cond = |arg: u8, op, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // Any namespace flag in clone's first argument is refused.
+    let mut clone_rules = Vec::new();
+    for flag in [
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWCGROUP,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+    ] {
+        let flag = flag as u64;
+        clone_rules.push(
+            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag).map_err(err)?])
+                .map_err(err)?,
+        );
+    }
+    rules.insert(libc::SYS_clone, clone_rules);
+    if !allow_network {
+        let mut socket_rules = Vec::new();
+        for family in [
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_PACKET,
+            libc::AF_NETLINK,
+            libc::AF_VSOCK,
+            libc::AF_ALG,
+            libc::AF_BLUETOOTH,
+            libc::AF_XDP,
+        ] {
+            socket_rules.push(
+                SeccompRule::new(vec![
+                    cond(0, SeccompCmpOp::Eq, family as u64).map_err(err)?,
+                ])
+                .map_err(err)?,
+            );
+        }
+        rules.insert(libc::SYS_socket, socket_rules);
+    }
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    to_program(SeccompFilter::new(rules, SeccompAction::Allow, eperm, arch).map_err(err)?)
+}
+
+/// `clone3` passes its flags in memory a filter cannot read: answer `ENOSYS` so that libc
+/// falls back to `clone`, which the main filter checks. A filter has one match action, so
+/// this is a second program, installed with the main one.
+fn compile_clone3() -> Result<BpfProgram, String> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp filter for {}: {e}", std::env::consts::ARCH))?;
+    let filter = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(|e| format!("cannot compile the clone3 filter: {e}"))?;
+    to_program(filter)
+}
+
+fn to_program(filter: SeccompFilter) -> Result<BpfProgram, String> {
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| format!("cannot compile the seccomp filter: {e}"))
+}
+
+/// A Landlock ruleset for one job, ready to be enforced in the child.
+#[derive(Debug)]
+pub(crate) struct Landlock {
+    /// `None` when the kernel has no Landlock.
+    pub(crate) fd: Option<OwnedFd>,
+    /// What the run reports, e.g. `landlock=abi6` or `landlock=unsupported`.
+    pub(crate) label: String,
+}
+
+/// Read-only everything, read-write `job_dir` and `/dev/null`; best effort.
+pub(crate) fn landlock(job_dir: &Path) -> Landlock {
+    let abi = ABI::V5;
+    let built = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.create())
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
+                .add_rules(path_beneath_rules([job_dir], AccessFs::from_all(abi)))?
+                .add_rules(path_beneath_rules(
+                    ["/dev/null"],
+                    AccessFs::from_read(abi) | AccessFs::WriteFile,
+                ))
+        });
+    match built {
+        Ok(created) => {
+            let fd: Option<OwnedFd> = created.into();
+            let label = if fd.is_some() {
+                "landlock=read_only_root,job_dir_rw".to_owned()
+            } else {
+                "landlock=unsupported_by_kernel".to_owned()
+            };
+            Landlock { fd, label }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "landlock ruleset could not be built");
+            Landlock {
+                fd: None,
+                label: format!("landlock=unavailable({e})"),
+            }
+        }
+    }
+}
+
+/// What the process tier reports about Landlock on this kernel (checked once).
+pub(crate) fn landlock_label() -> &'static str {
+    static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| landlock(&std::env::temp_dir()).label)
+}
