@@ -9,19 +9,19 @@
 use std::ffi::OsString;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sandstorm_features::IsolationBackend;
 
 use crate::error::RuntimeError;
 use crate::harden::SeccompFilters;
-use crate::sys::ChildHardening;
 use crate::hostfs::{self, ETC_ALWAYS, ETC_NETWORK, RootEntry};
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::process::probe_with;
 use crate::supervise::{self, Outcome, Sandbox, Wrapped, Wrapper};
+use crate::sys::ChildHardening;
 use crate::sys::Termination;
 use crate::{Availability, Backend, RunControl, RunResult};
 
@@ -188,6 +188,7 @@ impl Wrapper for BubblewrapBackend {
             // Only for `bwrap` itself; the sandbox gets `--clearenv` and its own variables.
             env: vec![("PATH".into(), SEARCH_PATH.into())],
             hardening: ChildHardening {
+                cgroup_procs: Vec::new(),
                 inherit,
                 landlock: None,
                 seccomp: Vec::new(),
@@ -358,7 +359,10 @@ mod tests {
         assert!(has_window(&args, &["--cap-drop", "ALL"]));
         assert!(has_window(&args, &["--remount-ro", "/"]));
         assert!(args.contains(&"--as-pid-1".to_owned()));
-        assert!(has_window(&args, &["--add-seccomp-fd", "7", "--", "/bin/sh"]));
+        assert!(has_window(
+            &args,
+            &["--add-seccomp-fd", "7", "--", "/bin/sh"]
+        ));
         assert!(args.ends_with(&["--".into(), "/bin/sh".into(), "-c".into(), "true".into()]));
         // The environment is cleared before the job's own variables are set.
         let clear = args.iter().position(|a| a == "--clearenv");

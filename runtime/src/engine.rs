@@ -8,8 +8,8 @@ use std::thread;
 use sandstorm_features::IsolationBackend;
 
 use crate::bubblewrap::BubblewrapBackend;
-use crate::harden::SeccompFilters;
 use crate::gvisor::{DEFAULT_GVISOR_POOL_SIZE, GvisorBackend};
+use crate::harden::SeccompFilters;
 use crate::process::ProcessBackend;
 use crate::{Availability, Backend};
 

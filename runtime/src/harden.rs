@@ -13,16 +13,19 @@
 //! - unless the job may use the network: `socket` for every address family except
 //!   `AF_UNIX` (so TCP, UDP, raw sockets, netlink and DNS lookups fail).
 //!
-//! Landlock (process tier only; the other tiers build their own file-system view) makes the
-//! whole file system read-only for the job except its job directory and `/dev/null`.
+//! Landlock (process tier only; the other tiers build their own file-system view) lets the
+//! job read only the host's programs and libraries and write only its job directory, and
+//! scopes its signals and abstract UNIX sockets to itself (see [`landlock`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use crate::hostfs::{ETC_ALWAYS, ETC_NETWORK};
+
 use landlock::{
     ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    path_beneath_rules,
+    Scope, path_beneath_rules,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -149,7 +152,8 @@ fn compile(allow_network: bool) -> Result<BpfProgram, String> {
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| format!("seccomp filter for {}: {e}", std::env::consts::ARCH))?;
-    let cond = |arg: u8, op, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value);
+    let cond =
+        |arg: u8, op, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
     // Any namespace flag in clone's first argument is refused.
@@ -165,8 +169,10 @@ fn compile(allow_network: bool) -> Result<BpfProgram, String> {
     ] {
         let flag = flag as u64;
         clone_rules.push(
-            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag).map_err(err)?])
-                .map_err(err)?,
+            SeccompRule::new(vec![
+                cond(0, SeccompCmpOp::MaskedEq(flag), flag).map_err(err)?,
+            ])
+            .map_err(err)?,
         );
     }
     rules.insert(libc::SYS_clone, clone_rules);
@@ -183,10 +189,8 @@ fn compile(allow_network: bool) -> Result<BpfProgram, String> {
             libc::AF_XDP,
         ] {
             socket_rules.push(
-                SeccompRule::new(vec![
-                    cond(0, SeccompCmpOp::Eq, family as u64).map_err(err)?,
-                ])
-                .map_err(err)?,
+                SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, family as u64).map_err(err)?])
+                    .map_err(err)?,
             );
         }
         rules.insert(libc::SYS_socket, socket_rules);
@@ -227,15 +231,45 @@ pub(crate) struct Landlock {
     pub(crate) label: String,
 }
 
-/// Read-only everything, read-write `job_dir` and `/dev/null`; best effort.
-pub(crate) fn landlock(job_dir: &Path) -> Landlock {
-    let abi = ABI::V5;
+/// Paths a process-tier job may read (and execute) besides its job directory: the host's
+/// programs and libraries, the harmless `/etc` files, `/proc` (its own entries; other
+/// processes' memory and environment stay out of reach because Landlock also scopes ptrace
+/// access) and the random and null devices.
+const READABLE: [&str; 8] = [
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/dev/urandom",
+    "/dev/zero",
+];
+
+/// Read-only the host's programs and libraries, read-write `job_dir` and `/dev/null`,
+/// nothing else; signals and abstract UNIX sockets scoped to the job. Best effort: what the
+/// kernel's Landlock ABI lacks is left out, and `label` says what is enforced.
+pub(crate) fn landlock(job_dir: &Path, allow_network: bool) -> Landlock {
+    let abi = ABI::V6;
+    let existing = |paths: &[&'static str]| -> Vec<&'static str> {
+        paths
+            .iter()
+            .copied()
+            .filter(|p| Path::new(p).exists())
+            .collect()
+    };
+    let mut readable = existing(&READABLE);
+    readable.extend(existing(&ETC_ALWAYS));
+    if allow_network {
+        readable.extend(existing(&ETC_NETWORK));
+    }
     let built = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.scope(Scope::from_all(abi)))
         .and_then(|r| r.create())
         .and_then(|r| {
-            r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
+            r.add_rules(path_beneath_rules(readable, AccessFs::from_read(abi)))?
                 .add_rules(path_beneath_rules([job_dir], AccessFs::from_all(abi)))?
                 .add_rules(path_beneath_rules(
                     ["/dev/null"],
@@ -246,7 +280,7 @@ pub(crate) fn landlock(job_dir: &Path) -> Landlock {
         Ok(created) => {
             let fd: Option<OwnedFd> = created.into();
             let label = if fd.is_some() {
-                "landlock=read_only_root,job_dir_rw".to_owned()
+                "landlock=host_programs_ro,job_dir_rw,scoped_signals".to_owned()
             } else {
                 "landlock=unsupported_by_kernel".to_owned()
             };
@@ -256,7 +290,7 @@ pub(crate) fn landlock(job_dir: &Path) -> Landlock {
             tracing::warn!(error = %e, "landlock ruleset could not be built");
             Landlock {
                 fd: None,
-                label: format!("landlock=unavailable({e})"),
+                label: "landlock=unavailable".to_owned(),
             }
         }
     }
@@ -265,5 +299,5 @@ pub(crate) fn landlock(job_dir: &Path) -> Landlock {
 /// What the process tier reports about Landlock on this kernel (checked once).
 pub(crate) fn landlock_label() -> &'static str {
     static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LABEL.get_or_init(|| landlock(&std::env::temp_dir()).label)
+    LABEL.get_or_init(|| landlock(&std::env::temp_dir(), false).label)
 }

@@ -51,6 +51,7 @@
 //! capabilities and can raise its own rlimits.
 
 mod bubblewrap;
+mod cgroup;
 mod control;
 mod engine;
 mod error;

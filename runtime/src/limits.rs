@@ -102,6 +102,14 @@ impl Limits {
         ]
     }
 
+    /// Memory limit of the job's control group: the data limit plus the same headroom again,
+    /// so that allocations normally fail under `RLIMIT_DATA` first (a clean `MemoryError`)
+    /// and the group's limit is the backstop for memory the data limit does not count
+    /// (shared mappings, tmpfs files).
+    pub(crate) fn cgroup_memory_bytes(&self) -> u64 {
+        self.data_bytes.saturating_add(DATA_HEADROOM_MIB * MIB)
+    }
+
     /// Labels for `RunResult::enforced_limits`, shared by every backend.
     pub(crate) fn describe(&self, job: &JobSpec) -> Vec<String> {
         vec![

@@ -65,6 +65,9 @@ pub(crate) fn classify(
     if outcome.cancelled && outcome.termination != Termination::Exited(0) {
         return Verdict::new(RunStatus::Failed, "cancelled");
     }
+    if outcome.oom_killed && outcome.termination != Termination::Exited(0) {
+        return Verdict::new(RunStatus::Oom, "memory_cgroup_oom");
+    }
     if outcome.timed_out && outcome.termination == Termination::Signaled(libc::SIGKILL) {
         return Verdict::new(RunStatus::Timeout, "wall_clock_timeout");
     }
@@ -143,6 +146,7 @@ mod tests {
             },
             spawned: Instant::now(),
             exec: Duration::ZERO,
+            oom_killed: false,
             usage: Usage::default(),
         }
     }

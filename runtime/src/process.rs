@@ -11,10 +11,10 @@ use sandstorm_features::{IsolationBackend, Language};
 
 use crate::error::RuntimeError;
 use crate::harden::{self, SeccompFilters};
-use crate::sys::ChildHardening;
 use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::supervise::{self, Sandbox, Wrapped, Wrapper};
+use crate::sys::ChildHardening;
 use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
 
 /// Wall-clock limit of a probe run.
@@ -51,8 +51,9 @@ impl Wrapper for ProcessBackend {
                 ("TMPDIR".into(), dir),
             ],
             hardening: ChildHardening {
+                cgroup_procs: Vec::new(),
                 inherit: Vec::new(),
-                landlock: harden::landlock(prepared.dir()).fd,
+                landlock: harden::landlock(prepared.dir(), job.allow_network).fd,
                 seccomp: self.seccomp.programs(job.allow_network),
             },
         })

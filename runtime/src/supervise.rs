@@ -18,6 +18,7 @@ use sandstorm_features::IsolationBackend;
 use time::OffsetDateTime;
 
 use crate::RunResult;
+use crate::cgroup::JobCgroup;
 use crate::control::{Attached, OutputStream, RunControl};
 use crate::error::RuntimeError;
 use crate::job::{JobSpec, PreparedJob};
@@ -120,6 +121,8 @@ pub(crate) struct Outcome {
     pub(crate) spawned: Instant,
     /// From spawn until the child was seen to exit.
     pub(crate) exec: Duration,
+    /// The kernel killed a process of the job at its control group's memory limit.
+    pub(crate) oom_killed: bool,
     pub(crate) usage: Usage,
 }
 
@@ -141,6 +144,8 @@ pub(crate) fn execute(
             return Err(e);
         }
     };
+    let mut wrapped = wrapped;
+    let cgroup = job_cgroup(&prepared, &limits, &mut wrapped.hardening);
     let mut command = Command::new(&wrapped.program);
     command
         .args(&wrapped.args)
@@ -162,7 +167,38 @@ pub(crate) fn execute(
         })
         .and_then(|child| supervise(child, Instant::now(), &program, job, control));
     prepared.close();
-    Ok(finish(sandbox, job, &limits, &outcome?, entry, started_at))
+    let mut outcome = outcome?;
+    let mut result_labels = Vec::new();
+    match &cgroup {
+        Ok(group) => {
+            outcome.oom_killed = group.oom_killed();
+            result_labels = group.labels(limits.cgroup_memory_bytes());
+        }
+        Err(reason) => {
+            tracing::debug!(reason, "job ran without a control group");
+            result_labels.push("cgroup=unavailable".to_owned());
+        }
+    }
+    drop(cgroup);
+    let mut result = finish(sandbox, job, &limits, &outcome, entry, started_at);
+    result.enforced_limits.extend(result_labels);
+    Ok(result)
+}
+
+/// The job's control group, joined by the child through `hardening`.
+fn job_cgroup(
+    prepared: &PreparedJob,
+    limits: &Limits,
+    hardening: &mut ChildHardening,
+) -> Result<JobCgroup, String> {
+    let name = prepared
+        .dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or("job directory without a name")?;
+    let group = JobCgroup::create(&name, limits.cgroup_memory_bytes())?;
+    hardening.cgroup_procs = group.procs_files()?;
+    Ok(group)
 }
 
 /// The [`RunResult`] of a supervised run that entered the backend at `entry`.
@@ -366,6 +402,7 @@ pub(crate) fn supervise(
         stderr: take(&stderr),
         spawned,
         exec,
+        oom_killed: false,
         usage,
     })
 }

@@ -41,6 +41,8 @@ fn resource_id(resource: Resource) -> libc::__rlimit_resource_t {
 /// What a child applies to itself after its rlimits, before `exec`.
 #[derive(Debug, Default)]
 pub(crate) struct ChildHardening {
+    /// `cgroup.procs` files the child writes `0` into, joining the job's control groups.
+    pub(crate) cgroup_procs: Vec<OwnedFd>,
     /// Files the child inherits (their close-on-exec flag is cleared in the child).
     pub(crate) inherit: Vec<OwnedFd>,
     /// A Landlock ruleset to enforce (with `no_new_privs`).
@@ -51,11 +53,7 @@ pub(crate) struct ChildHardening {
 
 /// Makes the child a session and process-group leader (so its pid is the group id every
 /// descendant inherits), applies `limits`, then `hardening`, between `fork` and `exec`.
-pub(crate) fn isolate_child(
-    command: &mut Command,
-    limits: &[Rlimit],
-    hardening: ChildHardening,
-) {
+pub(crate) fn isolate_child(command: &mut Command, limits: &[Rlimit], hardening: ChildHardening) {
     // Converted before the fork: the closure below must not allocate.
     let raw: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = limits
         .iter()
@@ -79,6 +77,13 @@ pub(crate) fn isolate_child(
             // SAFETY: setrlimit is async-signal-safe and reads a valid `rlimit` that lives in
             // the closure for the whole call.
             if unsafe { libc::setrlimit(*resource, limit) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for fd in &hardening.cgroup_procs {
+            // SAFETY: write of a static buffer to a descriptor this closure owns;
+            // async-signal-safe. Writing "0" moves the calling process into the group.
+            if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -186,6 +191,18 @@ pub(crate) fn kill_group(pgid: libc::pid_t) -> io::Result<bool> {
         Ok(false)
     } else {
         Err(err)
+    }
+}
+
+/// Sends SIGKILL to process `pid`, ignoring a process that is already gone.
+pub(crate) fn kill_pid(pid: libc::pid_t) {
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill only takes integers; the caller read `pid` from a job's own control group,
+    // which only ever holds that job's processes.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
     }
 }
 
