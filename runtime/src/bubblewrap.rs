@@ -189,6 +189,7 @@ impl Wrapper for BubblewrapBackend {
             env: vec![("PATH".into(), SEARCH_PATH.into())],
             hardening: ChildHardening {
                 cgroup_procs: Vec::new(),
+                user: None,
                 inherit,
                 landlock: None,
                 seccomp: Vec::new(),

@@ -30,6 +30,7 @@ use std::time::Instant;
 use sandstorm_features::IsolationBackend;
 use time::OffsetDateTime;
 
+use crate::cgroup::PIDS_MAX;
 use crate::error::RuntimeError;
 use crate::hostfs::{self, RootEntry};
 use crate::job::{self, JobSpec};
@@ -125,6 +126,7 @@ fn job_script(limits: &Limits, program: &str, args: &[String]) -> String {
     for (flags, value) in [
         ("-c", 0),
         ("-n", OPEN_FILES_LIMIT),
+        ("-p", PIDS_MAX),
         // dash counts file sizes in 512-byte blocks and data sizes in KiB.
         ("-f", FILE_SIZE_LIMIT_BYTES / 512),
         ("-d", kib(limits.data_bytes)),
@@ -193,6 +195,8 @@ impl Sandbox for GvisorBackend {
             "user=nobody".to_owned(),
             "capabilities=none".to_owned(),
             "no_new_privs".to_owned(),
+            "seccomp=sandstorm_v1".to_owned(),
+            format!("rlimit_nproc={PIDS_MAX}"),
             "filesystem=read_only_root,job_dir_rw,tmp_rw".to_owned(),
             format!("tmpfs_tmp_mib={}", TMPFS_BYTES >> 20),
             "one_sandbox_per_job".to_owned(),
@@ -278,7 +282,7 @@ struct SandboxDir {
 
 impl Pool {
     fn new(runsc: &Path, size: usize) -> Result<Self, String> {
-        if !is_root() {
+        if !sys::is_root() {
             return Err(
                 "runsc needs root here (rootless gVisor is not supported by this engine)".into(),
             );
@@ -394,7 +398,14 @@ impl Pool {
             } else {
                 "--network=none"
             })
-            .args(["--platform=ptrace", "run", "--bundle"])
+            // The job's seccomp filter, installed by gVisor's kernel; no FUSE device.
+            .args([
+                "--platform=ptrace",
+                "--oci-seccomp",
+                "--fuse=false",
+                "run",
+                "--bundle",
+            ])
             .arg(&bundle)
             .arg(&id)
             .env_clear()
@@ -503,7 +514,7 @@ impl WarmSandbox {
     /// Gives the sandbox its job: the files are already in `work/`; makes them the job
     /// user's, writes the script and says `go`.
     fn hand_over(&mut self, script: &str) -> Result<(), RuntimeError> {
-        chown_tree(&self.work()).map_err(RuntimeError::JobDir)?;
+        job::chown_tree(&self.work(), oci::JOB_UID).map_err(RuntimeError::JobDir)?;
         std::fs::write(self.dir.ctl().join("job.sh"), script).map_err(RuntimeError::JobDir)?;
         let mut stdin = self
             .child
@@ -558,22 +569,6 @@ impl SandboxDir {
             tracing::warn!(dir = %path.display(), error = %e, "could not remove sandbox directory");
         }
     }
-}
-
-/// Makes everything under `dir` (written by the engine) owned by the job user.
-fn chown_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        std::os::unix::fs::lchown(&path, Some(oci::JOB_UID), Some(oci::JOB_UID))?;
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            chown_tree(&path)?;
-        }
-    }
-    Ok(())
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
 #[cfg(test)]

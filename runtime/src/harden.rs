@@ -32,48 +32,78 @@ use seccompiler::{
     SeccompRule,
 };
 
-/// Syscalls no job may make.
-const DENIED: &[libc::c_long] = &[
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_fsopen,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_mount_setattr,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_reboot,
-    libc::SYS_syslog,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
+/// `(name, number)` of each listed syscall.
+macro_rules! syscalls {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        &[$($(#[$attr])* (stringify!($name), libc::$name as i64)),*]
+    };
+}
+
+/// Syscalls no job may make (`SYS_` names as libc spells them).
+const DENIED: &[(&str, i64)] = syscalls![
+    SYS_ptrace,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_kexec_load,
+    SYS_kexec_file_load,
+    SYS_init_module,
+    SYS_finit_module,
+    SYS_delete_module,
+    SYS_bpf,
+    SYS_perf_event_open,
+    SYS_userfaultfd,
+    SYS_keyctl,
+    SYS_add_key,
+    SYS_request_key,
+    SYS_mount,
+    SYS_umount2,
+    SYS_pivot_root,
+    SYS_fsopen,
+    SYS_fsmount,
+    SYS_fspick,
+    SYS_move_mount,
+    SYS_open_tree,
+    SYS_mount_setattr,
+    SYS_swapon,
+    SYS_swapoff,
+    SYS_reboot,
+    SYS_syslog,
+    SYS_acct,
+    SYS_quotactl,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_iopl,
+    SYS_iopl,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_ioperm,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_unshare,
-    libc::SYS_setns,
+    SYS_ioperm,
+    SYS_open_by_handle_at,
+    SYS_name_to_handle_at,
+    SYS_unshare,
+    SYS_setns,
+];
+
+/// Address families a job without network may not open sockets of.
+const NETWORK_FAMILIES: [libc::c_int; 8] = [
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_PACKET,
+    libc::AF_NETLINK,
+    libc::AF_VSOCK,
+    libc::AF_ALG,
+    libc::AF_BLUETOOTH,
+    libc::AF_XDP,
+];
+
+/// Every `CLONE_NEW*` flag, each refused on `clone`.
+const CLONE_NAMESPACE_FLAGS: [libc::c_int; 7] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
 ];
 
 /// The seccomp filters of one engine, compiled once: the main filter for jobs with and
@@ -155,18 +185,10 @@ fn compile(allow_network: bool) -> Result<BpfProgram, String> {
     let cond =
         |arg: u8, op, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+        DENIED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
     // Any namespace flag in clone's first argument is refused.
     let mut clone_rules = Vec::new();
-    for flag in [
-        libc::CLONE_NEWNS,
-        libc::CLONE_NEWCGROUP,
-        libc::CLONE_NEWUTS,
-        libc::CLONE_NEWIPC,
-        libc::CLONE_NEWUSER,
-        libc::CLONE_NEWPID,
-        libc::CLONE_NEWNET,
-    ] {
+    for flag in CLONE_NAMESPACE_FLAGS {
         let flag = flag as u64;
         clone_rules.push(
             SeccompRule::new(vec![
@@ -178,16 +200,7 @@ fn compile(allow_network: bool) -> Result<BpfProgram, String> {
     rules.insert(libc::SYS_clone, clone_rules);
     if !allow_network {
         let mut socket_rules = Vec::new();
-        for family in [
-            libc::AF_INET,
-            libc::AF_INET6,
-            libc::AF_PACKET,
-            libc::AF_NETLINK,
-            libc::AF_VSOCK,
-            libc::AF_ALG,
-            libc::AF_BLUETOOTH,
-            libc::AF_XDP,
-        ] {
+        for family in NETWORK_FAMILIES {
             socket_rules.push(
                 SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, family as u64).map_err(err)?])
                     .map_err(err)?,
@@ -270,7 +283,10 @@ pub(crate) fn landlock(job_dir: &Path, allow_network: bool) -> Landlock {
         .and_then(|r| r.create())
         .and_then(|r| {
             r.add_rules(path_beneath_rules(readable, AccessFs::from_read(abi)))?
-                .add_rules(path_beneath_rules([job_dir], AccessFs::from_all(abi)))?
+                .add_rules(path_beneath_rules(
+                    [job_dir],
+                    AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock),
+                ))?
                 .add_rules(path_beneath_rules(
                     ["/dev/null"],
                     AccessFs::from_read(abi) | AccessFs::WriteFile,
@@ -300,4 +316,33 @@ pub(crate) fn landlock(job_dir: &Path, allow_network: bool) -> Landlock {
 pub(crate) fn landlock_label() -> &'static str {
     static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LABEL.get_or_init(|| landlock(&std::env::temp_dir(), false).label)
+}
+
+/// The same policy as the compiled filters, in the OCI runtime spec's `linux.seccomp` form,
+/// for runtimes that install it inside their sandbox (`runsc --oci-seccomp`).
+pub(crate) fn oci_seccomp(allow_network: bool) -> serde_json::Value {
+    use serde_json::json;
+    let names: Vec<&str> = DENIED
+        .iter()
+        .map(|(name, _)| name.trim_start_matches("SYS_"))
+        .collect();
+    let mut rules = vec![
+        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
+        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+    ];
+    for flag in CLONE_NAMESPACE_FLAGS {
+        rules.push(
+            json!({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
+            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}),
+        );
+    }
+    if !allow_network {
+        for family in NETWORK_FAMILIES {
+            rules.push(
+                json!({"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
+                "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]}),
+            );
+        }
+    }
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})
 }

@@ -206,6 +206,18 @@ pub(crate) fn write_files(job: &JobSpec, dir: &Path) -> Result<(), RuntimeError>
     Ok(())
 }
 
+/// Makes everything under `dir` (written by the engine) owned by `uid` (group `uid` too).
+pub(crate) fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        if fs::symlink_metadata(&path)?.is_dir() {
+            chown_tree(&path, uid)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_new(path: &Path, content: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;

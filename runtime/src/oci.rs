@@ -115,7 +115,10 @@ pub(crate) fn write_bundle(dir: &Path, spec: &BundleSpec<'_>) -> std::io::Result
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "sandstorm",
         "mounts": mounts,
-        "linux": {"namespaces": namespaces},
+        "linux": {
+            "namespaces": namespaces,
+            "seccomp": crate::harden::oci_seccomp(spec.network),
+        },
     });
     let text = serde_json::to_vec_pretty(&config).map_err(std::io::Error::other)?;
     fs::write(dir.join("config.json"), text)

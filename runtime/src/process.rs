@@ -11,11 +11,14 @@ use sandstorm_features::{IsolationBackend, Language};
 
 use crate::error::RuntimeError;
 use crate::harden::{self, SeccompFilters};
-use crate::job::{JobSpec, PreparedJob, SEARCH_PATH};
+use crate::job::{self, JobSpec, PreparedJob, SEARCH_PATH};
 use crate::limits::Limits;
 use crate::supervise::{self, Sandbox, Wrapped, Wrapper};
-use crate::sys::ChildHardening;
+use crate::sys::{self, ChildHardening};
 use crate::{Availability, Backend, RunControl, RunResult, RunStatus};
+
+/// The user (and group) id jobs run as when the engine runs as root: `nobody`.
+const NOBODY: u32 = 65534;
 
 /// Wall-clock limit of a probe run.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +43,14 @@ impl Wrapper for ProcessBackend {
         _limits: &Limits,
     ) -> Result<Wrapped, RuntimeError> {
         let dir = prepared.dir().display().to_string();
+        // Never run a job as root: as root the engine hands the job directory to `nobody`
+        // and the child becomes `nobody` before exec.
+        let user = sys::is_root().then_some((NOBODY, NOBODY));
+        if let Some((uid, _)) = user {
+            std::os::unix::fs::chown(prepared.dir(), Some(uid), Some(uid))
+                .and_then(|()| job::chown_tree(prepared.dir(), uid))
+                .map_err(RuntimeError::JobDir)?;
+        }
         Ok(Wrapped {
             program: prepared.program().into(),
             args: prepared.args().iter().map(OsString::from).collect(),
@@ -52,6 +63,7 @@ impl Wrapper for ProcessBackend {
             ],
             hardening: ChildHardening {
                 cgroup_procs: Vec::new(),
+                user,
                 inherit: Vec::new(),
                 landlock: harden::landlock(prepared.dir(), job.allow_network).fd,
                 seccomp: self.seccomp.programs(job.allow_network),
@@ -67,6 +79,12 @@ impl Sandbox for ProcessBackend {
 
     fn enforced(&self, job: &JobSpec) -> Vec<String> {
         let mut labels = vec![
+            if sys::is_root() {
+                "user=nobody"
+            } else {
+                "user=caller"
+            }
+            .to_owned(),
             "no_new_privs".to_owned(),
             self.seccomp.label().to_owned(),
             harden::landlock_label().to_owned(),

@@ -45,6 +45,8 @@ pub(crate) struct ChildHardening {
     pub(crate) cgroup_procs: Vec<OwnedFd>,
     /// Files the child inherits (their close-on-exec flag is cleared in the child).
     pub(crate) inherit: Vec<OwnedFd>,
+    /// The unprivileged user and group to become (only when running as root).
+    pub(crate) user: Option<(u32, u32)>,
     /// A Landlock ruleset to enforce (with `no_new_privs`).
     pub(crate) landlock: Option<OwnedFd>,
     /// Seccomp programs to install, in order (each sets `no_new_privs`).
@@ -91,6 +93,18 @@ pub(crate) fn isolate_child(command: &mut Command, limits: &[Rlimit], hardening:
             // SAFETY: fcntl on a descriptor this closure owns; async-signal-safe.
             if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
                 return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some((uid, gid)) = hardening.user {
+            // SAFETY: setgroups with an empty list, setgid and setuid take plain integers and
+            // are async-signal-safe; after them the child has no capabilities left.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) == -1
+                    || libc::setgid(gid) == -1
+                    || libc::setuid(uid) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         if let Some(ruleset) = &hardening.landlock {
@@ -192,6 +206,12 @@ pub(crate) fn kill_group(pgid: libc::pid_t) -> io::Result<bool> {
     } else {
         Err(err)
     }
+}
+
+/// Whether this process runs as root (and so must drop to an unprivileged user for jobs).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Sends SIGKILL to process `pid`, ignoring a process that is already gone.
