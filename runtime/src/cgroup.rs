@@ -48,6 +48,22 @@ fn hierarchy() -> &'static Hierarchy {
     })
 }
 
+/// What this host offers for per-job control groups, for `sandstorm doctor`.
+pub(crate) fn describe() -> String {
+    match hierarchy() {
+        Hierarchy::Unified(dir) => format!(
+            "cgroup v2 (unified): pids.max={PIDS_MAX} and memory.max per job under {}",
+            dir.display()
+        ),
+        Hierarchy::Legacy { pids, memory } => format!(
+            "cgroup v1 (legacy or hybrid): pids.max={PIDS_MAX} per job under {}, memory limit under {}",
+            pids.display(),
+            memory.display()
+        ),
+        Hierarchy::Unavailable(reason) => format!("unavailable: {reason}"),
+    }
+}
+
 fn make_parent(dir: &Path) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }

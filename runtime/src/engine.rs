@@ -85,7 +85,7 @@ impl Engine {
                     .iter()
                     .map(|backend| (backend.backend(), scope.spawn(|| backend.probe())))
                     .collect();
-                probes
+                let mut map: BTreeMap<IsolationBackend, Availability> = probes
                     .into_iter()
                     .map(|(kind, probe)| {
                         let availability =
@@ -95,8 +95,42 @@ impl Engine {
                         tracing::debug!(backend = %kind, ?availability, "probed");
                         (kind, availability)
                     })
-                    .collect()
+                    .collect();
+                for kind in IsolationBackend::ALL {
+                    if let Some(reason) = not_in_this_engine(kind) {
+                        map.insert(kind, Availability::Unavailable { reason });
+                    }
+                }
+                map
             })
         })
+    }
+}
+
+/// Why this engine has no runner for `kind` on this host, for the tiers it lacks.
+fn not_in_this_engine(kind: IsolationBackend) -> Option<String> {
+    match kind {
+        IsolationBackend::RootlessOci => {
+            let runner = ["crun", "podman"]
+                .into_iter()
+                .find(|p| crate::hostfs::find_program(p).is_some());
+            let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+            Some(match (runner, unified) {
+                (None, _) => "neither crun nor podman is installed".to_owned(),
+                (Some(r), false) => format!(
+                    "{r} is installed, but rootless containers need the unified cgroup v2 \
+                     hierarchy with delegation and this host has cgroup v1 or a hybrid hierarchy"
+                ),
+                (Some(r), true) => format!(
+                    "{r} is installed, but this engine has no rootless OCI runner yet"
+                ),
+            })
+        }
+        IsolationBackend::Microvm => Some(
+            "this engine has no local microVM runner (microVMs run on remote providers)".to_owned(),
+        ),
+        IsolationBackend::Process | IsolationBackend::Bubblewrap | IsolationBackend::Gvisor => {
+            None
+        }
     }
 }

@@ -76,6 +76,53 @@ pub use job::JobSpec;
 use sandstorm_features::IsolationBackend;
 pub use sandstorm_features::telemetry::RunStatus;
 
+/// One fact about this host's ability to confine jobs, for `sandstorm doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostFact {
+    /// What is checked, e.g. `seccomp`.
+    pub name: &'static str,
+    /// Whether it is enforced on this host.
+    pub enforced: bool,
+    /// What is enforced, or why not.
+    pub detail: String,
+}
+
+/// Seccomp, Landlock and control groups on this host: what local jobs get beyond rlimits.
+pub fn host_facts() -> Vec<HostFact> {
+    let seccomp = harden::SeccompFilters::compile();
+    let landlock = harden::landlock_label();
+    let cgroups = cgroup::describe();
+    vec![
+        HostFact {
+            name: "seccomp",
+            enforced: seccomp.is_enforced(),
+            detail: format!(
+                "{} (process and bubblewrap tiers; gVisor installs the same policy)",
+                seccomp.label()
+            ),
+        },
+        HostFact {
+            name: "landlock",
+            enforced: landlock.starts_with("landlock=host"),
+            detail: format!("{landlock} (process tier)"),
+        },
+        HostFact {
+            name: "cgroups",
+            enforced: !cgroups.starts_with("unavailable"),
+            detail: cgroups,
+        },
+        HostFact {
+            name: "user",
+            enforced: true,
+            detail: if sys::is_root() {
+                "engine runs as root: process-tier jobs run as nobody, gVisor jobs as nobody inside the sandbox".to_owned()
+            } else {
+                "engine runs unprivileged: jobs run as the engine's user".to_owned()
+            },
+        },
+    ]
+}
+
 /// Whether a backend works on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 
 use common::{code, command, run};
 use sandstorm_features::{IsolationBackend, Language};
-use sandstorm_runtime::{Engine, RunStatus};
+use sandstorm_runtime::{Availability, Engine, RunStatus};
 
 const BWRAP: IsolationBackend = IsolationBackend::Bubblewrap;
 
@@ -142,7 +142,13 @@ fn process_bubblewrap_and_gvisor_probe_available() {
     assert!(process.is_available(), "{process}");
     let gvisor = &availability[&IsolationBackend::Gvisor];
     assert!(gvisor.is_available(), "{gvisor}");
-    assert!(!availability.contains_key(&IsolationBackend::Microvm));
+    // Tiers this engine has no runner for are listed with the reason.
+    for missing in [IsolationBackend::Microvm, IsolationBackend::RootlessOci] {
+        match &availability[&missing] {
+            Availability::Unavailable { reason } => assert!(!reason.is_empty()),
+            other => panic!("{missing}: {other}"),
+        }
+    }
     // Cached: the same map is returned without probing again.
     assert!(std::ptr::eq(availability, engine.availability()));
 }
