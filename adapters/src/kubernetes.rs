@@ -213,16 +213,26 @@ struct Handle {
 /// A kube error as an adapter error of `phase`.
 fn kube_error(phase: Phase, e: kube::Error) -> AdapterError {
     match e {
-        kube::Error::Api(status) => AdapterError::Api {
-            provider: PROVIDER.into(),
-            phase,
-            status: status.code,
-            message: if status.message.is_empty() {
+        kube::Error::Api(status) => {
+            let message = if status.message.is_empty() {
                 status.reason.clone()
             } else {
                 status.message.clone()
-            },
-        },
+            };
+            // A ResourceQuota refusal is a 403 `exceeded quota`: a quota, not an auth error,
+            // so it is classified as a 429 (retryable) with the original status in the text.
+            let (code, message) = if status.code == 403 && message.contains("exceeded quota") {
+                (429, format!("(HTTP 403) {message}"))
+            } else {
+                (status.code, message)
+            };
+            AdapterError::Api {
+                provider: PROVIDER.into(),
+                phase,
+                status: code,
+                message,
+            }
+        }
         kube::Error::HyperError(_) | kube::Error::Service(_) => AdapterError::Connect {
             provider: PROVIDER.into(),
             phase,
@@ -261,6 +271,10 @@ impl Kubernetes {
                             }
                         })?,
                     };
+                    // kube retries 429/503/504 up to 15 times with backoff; failover decides
+                    // instead, from the classified error.
+                    let mut config = config;
+                    config.default_retry = false;
                     kube::Client::try_from(config).map_err(|e| AdapterError::NotConfigured {
                         provider: PROVIDER.into(),
                         reason: format!("could not build the cluster client: {e}"),
