@@ -40,6 +40,8 @@ pub struct DaytonaConfig {
     pub poll_interval: Duration,
     /// Connect timeout of HTTP requests, default 10 s.
     pub connect_timeout: Duration,
+    /// Timeout of each API request other than the job's execution, default 60 s.
+    pub request_timeout: Duration,
 }
 
 impl std::fmt::Debug for DaytonaConfig {
@@ -63,6 +65,7 @@ impl Default for DaytonaConfig {
             start_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -99,7 +102,12 @@ impl DaytonaProvider {
     ) -> Result<Self, AdapterError> {
         let sandbox = match &config.api_key {
             Some(key) => Some(Arc::new(Daytona {
-                api: Api::new(PROVIDER, config.connect_timeout, vec![key.clone()])?,
+                api: Api::new(
+                    PROVIDER,
+                    config.connect_timeout,
+                    config.request_timeout,
+                    vec![key.clone()],
+                )?,
                 config,
             })),
             None => None,

@@ -207,24 +207,31 @@ enum Ending {
     Cancelled,
 }
 
+/// Resolves when `control` is cancelled (polled every [`CANCEL_POLL`]).
+async fn cancelled(control: &RunControl) {
+    while !control.is_cancelled() {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+/// Runs `future` unless `control` is cancelled first (`None`).
+async fn until_cancelled<F: Future>(future: F, control: &RunControl) -> Option<F::Output> {
+    tokio::select! {
+        output = future => Some(output),
+        () = cancelled(control) => None,
+    }
+}
+
 /// Runs `future` until it finishes, `timeout` passes or `control` is cancelled.
 async fn supervise<F: Future<Output = Result<Exit, AdapterError>>>(
     future: F,
     control: &RunControl,
     timeout: Duration,
 ) -> Result<Ending, AdapterError> {
-    let cancelled = async {
-        loop {
-            if control.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(CANCEL_POLL).await;
-        }
-    };
     tokio::select! {
         exit = future => exit.map(Ending::Exited),
         () = tokio::time::sleep(timeout) => Ok(Ending::TimedOut),
-        () = cancelled => Ok(Ending::Cancelled),
+        () = cancelled(control) => Ok(Ending::Cancelled),
     }
 }
 
@@ -277,12 +284,18 @@ pub(crate) async fn drive<S: Sandbox>(
     let mut exec_started = None;
     let mut exec_ended = None;
     let outcome: Result<Ending, AdapterError> = async {
-        sandbox.wait_ready(&mut handle).await?;
-        if control.is_cancelled() {
+        if until_cancelled(sandbox.wait_ready(&mut handle), &control)
+            .await
+            .transpose()?
+            .is_none()
+        {
             return Ok(Ending::Cancelled);
         }
-        sandbox.upload(&handle, &job).await?;
-        if control.is_cancelled() {
+        if until_cancelled(sandbox.upload(&handle, &job), &control)
+            .await
+            .transpose()?
+            .is_none()
+        {
             return Ok(Ending::Cancelled);
         }
         exec_started = Some(Instant::now());

@@ -53,6 +53,8 @@ pub struct E2bConfig {
     pub sandbox_timeout_margin: Duration,
     /// Connect timeout of HTTP requests, default 10 s.
     pub connect_timeout: Duration,
+    /// Timeout of each API request other than the job's execution, default 60 s.
+    pub request_timeout: Duration,
 }
 
 impl std::fmt::Debug for E2bConfig {
@@ -85,6 +87,7 @@ impl Default for E2bConfig {
             workdir: "/home/user/sandstorm-job".into(),
             sandbox_timeout_margin: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -124,7 +127,12 @@ impl E2bProvider {
     ) -> Result<Self, AdapterError> {
         let sandbox = match &config.api_key {
             Some(key) => Some(Arc::new(E2b {
-                api: Api::new(PROVIDER, config.connect_timeout, vec![key.clone()])?,
+                api: Api::new(
+                    PROVIDER,
+                    config.connect_timeout,
+                    config.request_timeout,
+                    vec![key.clone()],
+                )?,
                 config,
             })),
             None => None,

@@ -136,6 +136,19 @@ impl AdapterError {
         }
     }
 
+    /// Whether the job may have started before the error (a connection or stream lost while
+    /// it ran): running it elsewhere may run it twice.
+    pub fn job_may_have_started(&self) -> bool {
+        match self {
+            AdapterError::Connect { phase, .. }
+            | AdapterError::Timeout { phase, .. }
+            | AdapterError::SandboxFailed { phase, .. }
+            | AdapterError::Protocol { phase, .. }
+            | AdapterError::Rpc { phase, .. } => phase.job_may_have_started(),
+            _ => false,
+        }
+    }
+
     /// Whether the error is the caller's to fix (the job itself is not runnable as written).
     pub fn is_user_error(&self) -> bool {
         matches!(self, AdapterError::InvalidJob(_))
@@ -240,6 +253,8 @@ mod tests {
         assert!(connect(Phase::Create).retryable());
         assert!(connect(Phase::Upload).retryable());
         assert!(!connect(Phase::Exec).retryable());
+        assert!(connect(Phase::Exec).job_may_have_started());
+        assert!(!connect(Phase::Upload).job_may_have_started());
         let timeout = AdapterError::Timeout {
             provider: "daytona".into(),
             phase: Phase::Wait,

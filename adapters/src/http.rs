@@ -19,6 +19,9 @@ const MAX_MESSAGE_CHARS: usize = 500;
 pub(crate) struct Api {
     pub(crate) provider: &'static str,
     pub(crate) client: reqwest::Client,
+    /// Bound on every request outside [`Phase::Exec`] (whose length is the job's and is
+    /// bounded by its wall-clock limit instead).
+    request_timeout: Duration,
     secrets: Arc<Vec<String>>,
 }
 
@@ -32,11 +35,12 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
-    /// A client for `provider` that never sends a request longer than `request_timeout`
-    /// (streaming bodies excepted: they are bounded by the job's own timeout).
+    /// A client for `provider`. Requests outside [`Phase::Exec`] time out after
+    /// `request_timeout`; `secrets` are redacted from every message.
     pub(crate) fn new(
         provider: &'static str,
         connect_timeout: Duration,
+        request_timeout: Duration,
         secrets: Vec<String>,
     ) -> Result<Self, AdapterError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -57,6 +61,7 @@ impl Api {
         Ok(Self {
             provider,
             client,
+            request_timeout,
             secrets: Arc::new(secrets.into_iter().filter(|s| !s.is_empty()).collect()),
         })
     }
@@ -73,6 +78,11 @@ impl Api {
         phase: Phase,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, AdapterError> {
+        let request = if phase == Phase::Exec {
+            request
+        } else {
+            request.timeout(self.request_timeout)
+        };
         let response = request
             .send()
             .await
@@ -115,11 +125,11 @@ impl Api {
         // reqwest's messages name the URL, never headers; redact anyway in case a base URL
         // carries a token.
         let message = self.redact(&error_chain(e));
-        if e.is_timeout() {
-            AdapterError::Connect {
+        if e.is_timeout() && phase != Phase::Exec {
+            AdapterError::Timeout {
                 provider: self.provider.into(),
                 phase,
-                message: format!("timed out: {message}"),
+                seconds: self.request_timeout.as_secs_f64(),
             }
         } else {
             AdapterError::Connect {

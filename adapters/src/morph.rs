@@ -49,6 +49,8 @@ pub struct MorphConfig {
     pub poll_interval: Duration,
     /// Connect timeout of HTTP requests, default 10 s.
     pub connect_timeout: Duration,
+    /// Timeout of each API request other than the job's execution, default 60 s.
+    pub request_timeout: Duration,
 }
 
 impl std::fmt::Debug for MorphConfig {
@@ -76,6 +78,7 @@ impl Default for MorphConfig {
             start_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +136,7 @@ impl MorphProvider {
                 api: Api::new(
                     PROVIDER,
                     config.connect_timeout,
+                    config.request_timeout,
                     config.api_key.iter().cloned().collect(),
                 )?,
                 config,

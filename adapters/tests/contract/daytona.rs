@@ -261,3 +261,62 @@ fn daytona_cancel_and_timeout_delete_the_sandbox() {
         vec!["dtn-1".to_owned(), "dtn-2".to_owned()]
     );
 }
+
+#[test]
+fn daytona_cancel_while_waiting_and_start_timeout_delete_the_sandbox() {
+    let (server, double) = DaytonaDouble::start(Behavior {
+        never_starts: true,
+        ..Behavior::default()
+    });
+    let provider = DaytonaProvider::new(DaytonaConfig {
+        api_key: Some(API_KEY.into()),
+        api_url: server.url.clone(),
+        poll_interval: Duration::from_millis(20),
+        start_timeout: Duration::from_millis(300),
+        ..DaytonaConfig::default()
+    })
+    .expect("provider");
+    let failure = provider
+        .run(
+            &candidate("daytona", None),
+            &command_job("true"),
+            &RunControl::new(),
+        )
+        .expect_err("never started");
+    assert!(
+        matches!(
+            failure.error,
+            AdapterError::Timeout {
+                phase: sandstorm_adapters::Phase::Wait,
+                ..
+            }
+        ),
+        "{failure:?}"
+    );
+    assert!(failure.retryable());
+    assert_eq!(double.deleted(), vec!["dtn-1".to_owned()]);
+
+    let provider = DaytonaProvider::new(DaytonaConfig {
+        api_key: Some(API_KEY.into()),
+        api_url: server.url.clone(),
+        poll_interval: Duration::from_millis(20),
+        ..DaytonaConfig::default()
+    })
+    .expect("provider");
+    let control = RunControl::new();
+    let canceller = control.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        canceller.cancel();
+    });
+    let began = Instant::now();
+    let run = provider
+        .run(&candidate("daytona", None), &command_job("true"), &control)
+        .expect("cancelled while waiting");
+    assert_eq!(run.result.error_class.as_deref(), Some("cancelled"));
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        double.deleted(),
+        vec!["dtn-1".to_owned(), "dtn-2".to_owned()]
+    );
+}

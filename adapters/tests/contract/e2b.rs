@@ -437,3 +437,38 @@ fn e2b_refuses_a_candidate_of_another_provider_and_invalid_jobs() {
     assert!(!failure.retryable());
     assert!(double.recorder.all().is_empty());
 }
+
+#[test]
+fn e2b_provider_that_does_not_answer_is_a_retryable_timeout() {
+    let (server, _double) = E2bDouble::start(Behavior {
+        create_delay: Some(Duration::from_secs(5)),
+        ..Behavior::default()
+    });
+    let provider = E2bProvider::new(E2bConfig {
+        api_key: Some(API_KEY.into()),
+        api_url: server.url.clone(),
+        envd_url: Some(server.url.clone()),
+        request_timeout: Duration::from_millis(200),
+        ..E2bConfig::default()
+    })
+    .expect("provider");
+    let failure = provider
+        .run(
+            &candidate("e2b", None),
+            &command_job("true"),
+            &RunControl::new(),
+        )
+        .expect_err("timeout");
+    assert!(
+        matches!(
+            failure.error,
+            AdapterError::Timeout {
+                phase: sandstorm_adapters::Phase::Create,
+                ..
+            }
+        ),
+        "{failure:?}"
+    );
+    assert!(failure.retryable());
+    assert!(!failure.error.job_may_have_started());
+}

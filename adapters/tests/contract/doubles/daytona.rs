@@ -23,6 +23,8 @@ pub(crate) struct Behavior {
     pub(crate) create_error: Option<(u16, serde_json::Value)>,
     /// Report this state (and reason) instead of `started`.
     pub(crate) failed_state: Option<(&'static str, &'static str)>,
+    /// Stay `creating` forever.
+    pub(crate) never_starts: bool,
     /// Answer sandboxes with `toolboxProxyUrl` = `{base}/proxy`.
     pub(crate) proxy: bool,
     pub(crate) exit_code: i32,
@@ -128,6 +130,9 @@ async fn handle(State(double): State<Arc<DaytonaDouble>>, request: Request) -> R
             };
             match (polls, behavior.failed_state) {
                 (1, _) => json(200, sandbox_json(&double, id, "creating", None)),
+                _ if behavior.never_starts => {
+                    json(200, sandbox_json(&double, id, "creating", None))
+                }
                 (_, Some((state, reason))) => {
                     json(200, sandbox_json(&double, id, state, Some(reason)))
                 }

@@ -42,6 +42,8 @@ pub(crate) enum Event {
 pub(crate) struct Behavior {
     /// Answer `POST /sandboxes` with this status and body instead of creating.
     pub(crate) create_error: Option<(u16, serde_json::Value)>,
+    /// Wait this long before answering `POST /sandboxes`.
+    pub(crate) create_delay: Option<Duration>,
     /// Answer `POST /process.Process/Start` with this status and body instead of streaming.
     pub(crate) start_error: Option<(u16, serde_json::Value)>,
     /// Answer `POST /files` with this status and body.
@@ -97,7 +99,13 @@ async fn handle(State(double): State<Arc<E2bDouble>>, request: Request) -> Respo
         .record(&parts.method, &parts.uri, &parts.headers, &body);
     let segments: Vec<&str> = recorded.path.trim_start_matches('/').split('/').collect();
     match (&parts.method, segments.as_slice()) {
-        (&Method::POST, ["sandboxes"]) => create(&double, &recorded.headers),
+        (&Method::POST, ["sandboxes"]) => {
+            let delay = lock(&double.behavior).create_delay;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            create(&double, &recorded.headers)
+        }
         (&Method::DELETE, ["sandboxes", id]) => delete(&double, &recorded.headers, id),
         (&Method::POST, ["files"]) => upload(&double, &recorded.headers, &recorded.query, &body),
         (&Method::POST, ["process.Process", "Start"]) => start(&double, &recorded.headers).await,
