@@ -31,6 +31,8 @@ pub struct DaytonaConfig {
     /// `DAYTONA_API_URL`, default `https://app.daytona.io/api`.
     pub api_url: String,
     /// `DAYTONA_SNAPSHOT`: snapshot to create sandboxes from (Daytona's default otherwise).
+    /// A snapshot fixes the resources: the job's CPU and memory are then not sent, and the
+    /// usage takes the resources Daytona reports for the sandbox.
     pub snapshot: Option<String>,
     /// Job directory inside the sandbox, default `/tmp/sandstorm-job`.
     pub workdir: String,
@@ -163,6 +165,8 @@ struct Daytona {
 struct Handle {
     id: String,
     toolbox_url: String,
+    /// vCPUs and GiB Daytona reports for the sandbox.
+    resources: Option<(f64, u64)>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +179,17 @@ struct SandboxInfo {
     error_reason: Option<String>,
     #[serde(default)]
     toolbox_proxy_url: Option<String>,
+    #[serde(default)]
+    cpu: Option<f64>,
+    /// GiB.
+    #[serde(default)]
+    memory: Option<f64>,
+}
+
+impl SandboxInfo {
+    fn resources(&self) -> Option<(f64, u64)> {
+        Some((self.cpu?, (self.memory? * 1024.0).round() as u64))
+    }
 }
 
 #[derive(Deserialize)]
@@ -226,6 +241,10 @@ impl Sandbox for Daytona {
         (cores(job.cpu) as f64, gib(job.memory_mib) * 1024)
     }
 
+    fn reported_resources(&self, handle: &Handle) -> Option<(f64, u64)> {
+        handle.resources
+    }
+
     fn enforced_limits(&self, _candidate: &Candidate, job: &JobSpec) -> Vec<String> {
         vec![
             format!("provider={PROVIDER}"),
@@ -249,15 +268,18 @@ impl Sandbox for Daytona {
         job: &JobSpec,
     ) -> Result<(Handle, String), AdapterError> {
         let mut body = serde_json::json!({
-            "cpu": cores(job.cpu),
-            "memory": gib(job.memory_mib),
             "target": candidate.area,
             "networkBlockAll": !job.allow_network,
             "autoStopInterval": job.timeout.as_secs().div_ceil(60) + 5,
             "labels": { "managed-by": "sandstorm", "candidate": candidate.id },
         });
-        if let Some(snapshot) = &self.config.snapshot {
-            body["snapshot"] = snapshot.clone().into();
+        match &self.config.snapshot {
+            // A snapshot fixes the sandbox's resources; Daytona refuses both.
+            Some(snapshot) => body["snapshot"] = snapshot.clone().into(),
+            None => {
+                body["cpu"] = cores(job.cpu).into();
+                body["memory"] = gib(job.memory_mib).into();
+            }
         }
         let info: SandboxInfo = self
             .api
@@ -273,6 +295,7 @@ impl Sandbox for Daytona {
         let id = info.id.clone();
         let handle = Handle {
             toolbox_url: self.toolbox_url(&info),
+            resources: info.resources(),
             id: info.id,
         };
         Ok((handle, id))
@@ -294,6 +317,7 @@ impl Sandbox for Daytona {
             match info.state.as_deref() {
                 Some("started") => {
                     handle.toolbox_url = self.toolbox_url(&info);
+                    handle.resources = info.resources().or(handle.resources);
                     return Ok(());
                 }
                 Some(state @ ("error" | "build_failed" | "destroyed" | "destroying")) => {

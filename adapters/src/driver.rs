@@ -124,6 +124,12 @@ pub(crate) trait Sandbox: Send + Sync + 'static {
         Ok(())
     }
 
+    /// vCPUs and memory (MiB) the provider reports for the created sandbox, when it does;
+    /// they replace [`Sandbox::provisioned`] in the usage.
+    fn reported_resources(&self, _handle: &Self::Handle) -> Option<(f64, u64)> {
+        None
+    }
+
     /// Creates the sandbox; returns its handle and id.
     fn create(
         &self,
@@ -310,6 +316,10 @@ pub(crate) async fn drive<S: Sandbox>(
     }
     .await;
 
+    if let Some((vcpu, memory_mib)) = sandbox.reported_resources(&handle) {
+        usage.vcpu = vcpu;
+        usage.memory_mib = memory_mib;
+    }
     match sandbox.delete(&handle).await {
         Ok(()) => {
             usage.deleted = true;

@@ -99,7 +99,8 @@ fn daytona_creates_waits_uploads_executes_and_deletes() {
 
     assert_eq!(double.deleted(), vec!["dtn-1".to_owned()]);
     assert!(run.usage.deleted);
-    assert_eq!((run.usage.vcpu, run.usage.memory_mib), (1.0, 1024));
+    // The usage takes the resources Daytona reports (the double reports 2 vCPU / 4 GiB).
+    assert_eq!((run.usage.vcpu, run.usage.memory_mib), (2.0, 4096));
     assert!(run.cost_usd(&candidate) > 0.0);
 }
 
@@ -318,5 +319,31 @@ fn daytona_cancel_while_waiting_and_start_timeout_delete_the_sandbox() {
     assert_eq!(
         double.deleted(),
         vec!["dtn-1".to_owned(), "dtn-2".to_owned()]
+    );
+}
+
+#[test]
+fn daytona_snapshot_sandboxes_do_not_send_resources() {
+    let (server, double) = DaytonaDouble::start(Behavior::default());
+    let provider = DaytonaProvider::new(DaytonaConfig {
+        api_key: Some(API_KEY.into()),
+        api_url: server.url.clone(),
+        snapshot: Some("python-3.12".into()),
+        poll_interval: Duration::from_millis(20),
+        ..DaytonaConfig::default()
+    })
+    .expect("provider");
+    provider
+        .run(
+            &candidate("daytona", None),
+            &command_job("true"),
+            &RunControl::new(),
+        )
+        .expect("run");
+    let body = double.recorder.matching("POST", "/sandbox")[0].json();
+    assert_eq!(body["snapshot"], "python-3.12");
+    assert!(
+        body.get("cpu").is_none() && body.get("memory").is_none(),
+        "{body}"
     );
 }

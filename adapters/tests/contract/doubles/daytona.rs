@@ -84,8 +84,8 @@ fn sandbox_json(
         "id": id,
         "state": state,
         "errorReason": reason,
-        "cpu": 1,
-        "memory": 1,
+        "cpu": 2,
+        "memory": 4,
         "target": "us",
     });
     if lock(&double.behavior).proxy {
