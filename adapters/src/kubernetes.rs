@@ -1,7 +1,8 @@
 //! Kubernetes: one Pod per run, through kube-rs. The pod gets the job's CPU and memory as
 //! requests and limits, `runtimeClassName` for the candidate's backend (gVisor or a Kata
 //! micro-VM), `activeDeadlineSeconds` as a backstop, no service-account token and no
-//! privilege escalation. The job's files travel base64-encoded inside the container command.
+//! privilege escalation. A job without network gets a deny-all NetworkPolicy selecting only its
+//! pod (created before the pod, deleted after it; enforced by the cluster's network plugin). The job's files travel base64-encoded inside the container command.
 //! The adapter waits for the pod to run, follows its log (stdout and stderr interleaved, as
 //! Kubernetes stores them: reported as stdout), reads the container's exit code and reason
 //! (`OOMKilled` is `oom`), and deletes the pod.
@@ -12,10 +13,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, LogParams, PostParams};
 use sandstorm_features::{Candidate, IsolationBackend, Language};
 use sandstorm_runtime::{Availability, JobSpec, OutputStream, RunControl};
@@ -25,6 +28,23 @@ use crate::error::{AdapterError, Phase};
 use crate::{RemoteProvider, RemoteRun, RunFailure, env_var};
 
 const PROVIDER: &str = "kubernetes";
+
+/// Label naming one run's pod, selected by its NetworkPolicy.
+const RUN_LABEL: &str = "sandstorm.dev/run";
+
+/// A name unique to this run in this process (and, with the clock and pid, across processes).
+fn run_token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:x}{n:x}",
+        nanos & 0xffff_ffff_ffff,
+        std::process::id()
+    )
+}
 
 /// Container waiting reasons that never resolve by themselves.
 const FATAL_WAITING_REASONS: [&str; 6] = [
@@ -208,6 +228,8 @@ impl std::fmt::Debug for Kubernetes {
 struct Handle {
     name: String,
     pods: kube::Api<Pod>,
+    /// The run's deny-all NetworkPolicy, when the job has no network.
+    policy: Option<(String, kube::Api<NetworkPolicy>)>,
 }
 
 /// A kube error as an adapter error of `phase`.
@@ -300,7 +322,7 @@ impl Kubernetes {
         }
     }
 
-    fn pod(&self, candidate: &Candidate, job: &JobSpec) -> Result<Pod, AdapterError> {
+    fn pod(&self, candidate: &Candidate, job: &JobSpec, run: &str) -> Result<Pod, AdapterError> {
         let script = driver::job_script(PROVIDER, job, &self.config.workdir, true)?;
         let quantity = serde_json::json!({
             "cpu": format!("{}m", millicores(job.cpu)),
@@ -334,12 +356,30 @@ impl Kubernetes {
             "kind": "Pod",
             "metadata": {
                 "generateName": "sandstorm-",
-                "labels": { "app.kubernetes.io/managed-by": "sandstorm" },
+                "labels": { "app.kubernetes.io/managed-by": "sandstorm", RUN_LABEL: run },
                 "annotations": { "sandstorm.dev/candidate": candidate.id },
             },
             "spec": spec,
         });
         serde_json::from_value(pod).map_err(|e| AdapterError::Internal(format!("pod spec: {e}")))
+    }
+
+    /// A NetworkPolicy denying all ingress and egress of the pod labelled `run`.
+    fn deny_all_policy(run: &str) -> Result<NetworkPolicy, AdapterError> {
+        let policy = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": format!("sandstorm-{run}"),
+                "labels": { "app.kubernetes.io/managed-by": "sandstorm" },
+            },
+            "spec": {
+                "podSelector": { "matchLabels": { RUN_LABEL: run } },
+                "policyTypes": ["Ingress", "Egress"],
+            },
+        });
+        serde_json::from_value(policy)
+            .map_err(|e| AdapterError::Internal(format!("network policy: {e}")))
     }
 
     async fn get(&self, handle: &Handle, phase: Phase) -> Result<Pod, AdapterError> {
@@ -348,6 +388,20 @@ impl Kubernetes {
             .get(&handle.name)
             .await
             .map_err(|e| kube_error(phase, e))
+    }
+}
+
+/// Deletes a run's NetworkPolicy; a failure is logged (the policy selects no other pod).
+async fn delete_policy(policy: Option<&(String, kube::Api<NetworkPolicy>)>) {
+    let Some((name, policies)) = policy else {
+        return;
+    };
+    match policies.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => {
+            tracing::warn!(policy = %name, error = %e, "could not delete the run's network policy")
+        }
     }
 }
 
@@ -427,7 +481,7 @@ impl Sandbox for Kubernetes {
                 if job.allow_network {
                     "allowed"
                 } else {
-                    "not_blocked"
+                    "blocked_by_network_policy"
                 }
             ),
         ];
@@ -447,7 +501,7 @@ impl Sandbox for Kubernetes {
                 reason: format!("backend `{}` is not a pod runtime", candidate.backend),
             });
         }
-        self.pod(candidate, job).map(drop)
+        self.pod(candidate, job, "check").map(drop)
     }
 
     async fn create(
@@ -456,24 +510,42 @@ impl Sandbox for Kubernetes {
         job: &JobSpec,
     ) -> Result<(Handle, String), AdapterError> {
         let client = self.client().await?;
-        let pods: kube::Api<Pod> = kube::Api::namespaced(client, &self.config.namespace);
-        let pod = self.pod(candidate, job)?;
-        let created = pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| kube_error(Phase::Create, e))?;
-        let name = created
-            .metadata
-            .name
-            .ok_or_else(|| AdapterError::Protocol {
+        let namespace = &self.config.namespace;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+        let run = run_token();
+        let pod = self.pod(candidate, job, &run)?;
+        // The policy exists before the pod does, so the job never runs with network.
+        let policy = if job.allow_network {
+            None
+        } else {
+            let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(client, namespace);
+            let policy = Self::deny_all_policy(&run)?;
+            policies
+                .create(&PostParams::default(), &policy)
+                .await
+                .map_err(|e| kube_error(Phase::Create, e))?;
+            Some((format!("sandstorm-{run}"), policies))
+        };
+        let created = match pods.create(&PostParams::default(), &pod).await {
+            Ok(created) => created,
+            Err(e) => {
+                delete_policy(policy.as_ref()).await;
+                return Err(kube_error(Phase::Create, e));
+            }
+        };
+        let Some(name) = created.metadata.name else {
+            delete_policy(policy.as_ref()).await;
+            return Err(AdapterError::Protocol {
                 provider: PROVIDER.into(),
                 phase: Phase::Create,
                 message: "the created pod has no name".into(),
-            })?;
+            });
+        };
         Ok((
             Handle {
                 name: name.clone(),
                 pods,
+                policy,
             },
             name,
         ))
@@ -555,11 +627,13 @@ impl Sandbox for Kubernetes {
             grace_period_seconds: Some(0),
             ..DeleteParams::default()
         };
-        match handle.pods.delete(&handle.name, &params).await {
+        let pod = match handle.pods.delete(&handle.name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(e) => Err(kube_error(Phase::Delete, e)),
-        }
+        };
+        delete_policy(handle.policy.as_ref()).await;
+        pod
     }
 }
 
@@ -592,9 +666,17 @@ mod tests {
         request.timeout_s = 30.0;
         let job = JobSpec::from_request(&request);
         let pod = sandbox()
-            .pod(&candidate(IsolationBackend::Gvisor), &job)
+            .pod(&candidate(IsolationBackend::Gvisor), &job, "r1")
             .expect("pod");
         let value = serde_json::to_value(&pod).expect("json");
+        assert_eq!(value["metadata"]["labels"][RUN_LABEL], "r1");
+        let policy =
+            serde_json::to_value(Kubernetes::deny_all_policy("r1").expect("policy")).expect("json");
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"][RUN_LABEL],
+            "r1"
+        );
+        assert_eq!(policy["metadata"]["name"], "sandstorm-r1");
         let spec = &value["spec"];
         assert_eq!(spec["runtimeClassName"], "gvisor");
         assert_eq!(spec["activeDeadlineSeconds"], 330);
@@ -606,14 +688,14 @@ mod tests {
         assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
         assert_eq!(container["resources"]["requests"]["memory"], "256Mi");
         let kata = sandbox()
-            .pod(&candidate(IsolationBackend::Microvm), &job)
+            .pod(&candidate(IsolationBackend::Microvm), &job, "r1")
             .expect("pod");
         assert_eq!(
             kata.spec.and_then(|s| s.runtime_class_name).as_deref(),
             Some("kata")
         );
         let oci = sandbox()
-            .pod(&candidate(IsolationBackend::RootlessOci), &job)
+            .pod(&candidate(IsolationBackend::RootlessOci), &job, "r1")
             .expect("pod");
         assert_eq!(oci.spec.and_then(|s| s.runtime_class_name), None);
     }

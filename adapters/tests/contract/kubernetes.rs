@@ -93,6 +93,54 @@ fn kubernetes_runs_a_pod_streams_its_log_and_deletes_it() {
         .recorder
         .matching("DELETE", &format!("/api/v1/namespaces/jobs/pods/{name}"))[0];
     assert_eq!(delete.json()["gracePeriodSeconds"], 0);
+    // No network: a deny-all policy selecting this pod only, created before it, deleted after.
+    let run_label = pod["metadata"]["labels"]["sandstorm.dev/run"]
+        .as_str()
+        .expect("run label")
+        .to_owned();
+    let policies = double.recorder.matching(
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies",
+    );
+    assert_eq!(policies.len(), 1);
+    let policy = policies[0].json();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["sandstorm.dev/run"],
+        run_label.as_str()
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert!(policy["spec"].get("egress").is_none() && policy["spec"].get("ingress").is_none());
+    let order: Vec<String> = double
+        .recorder
+        .all()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let policy_at = order
+        .iter()
+        .position(|r| r.contains("networkpolicies"))
+        .expect("policy created");
+    let pod_at = order
+        .iter()
+        .position(|r| r.ends_with("/pods"))
+        .expect("pod created");
+    assert!(policy_at < pod_at, "{order:?}");
+    let policy_name = policy["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    assert_eq!(
+        *crate::doubles::lock(&double.deleted_policies),
+        vec![policy_name]
+    );
+    assert!(
+        run.result
+            .enforced_limits
+            .contains(&"network=blocked_by_network_policy".to_owned())
+    );
     assert_eq!(run.usage.sandbox_id.as_deref(), Some(name.as_str()));
     assert_eq!((run.usage.vcpu, run.usage.memory_mib), (1.0, 512));
     assert!(
@@ -121,6 +169,7 @@ fn kubernetes_microvm_candidates_use_kata_and_exit_zero_is_ok() {
         .matching("POST", "/api/v1/namespaces/jobs/pods")[0]
         .json();
     assert_eq!(pod["spec"]["runtimeClassName"], "kata");
+    assert_eq!(crate::doubles::lock(&double.deleted_policies).len(), 1);
     assert_eq!(double.deleted().len(), 1);
 }
 
@@ -230,7 +279,40 @@ fn kubernetes_status_errors_are_classified() {
         assert_eq!(failure.error.is_auth(), auth, "{code}: {failure}");
         assert!(failure.to_string().contains(message), "{failure}");
         assert!(double.deleted().is_empty());
+        // The policy created for the pod that was refused is cleaned up too.
+        assert!(crate::doubles::lock(&double.policies).is_empty());
+        assert_eq!(crate::doubles::lock(&double.deleted_policies).len(), 1);
     }
+}
+
+#[test]
+fn kubernetes_jobs_with_network_get_no_policy() {
+    let (server, double) = KubernetesDouble::start(Behavior::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut job = command_job("echo net");
+    job.allow_network = true;
+    let run = provider(&server, dir.path())
+        .run(
+            &candidate("kubernetes", Some(IsolationBackend::Gvisor)),
+            &job,
+            &RunControl::new(),
+        )
+        .expect("run");
+    assert_eq!(run.result.stdout, "net\n");
+    assert!(
+        run.result
+            .enforced_limits
+            .contains(&"network=allowed".to_owned())
+    );
+    assert!(
+        double
+            .recorder
+            .matching(
+                "POST",
+                "/apis/networking.k8s.io/v1/namespaces/jobs/networkpolicies"
+            )
+            .is_empty()
+    );
 }
 
 #[test]

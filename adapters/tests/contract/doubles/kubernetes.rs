@@ -3,7 +3,9 @@
 //! `generateName`), `GET .../pods/{name}` (phase `Pending` on the first poll, then `Running`,
 //! then `Succeeded`/`Failed` with the container's `terminated` state once its log ended),
 //! `GET .../pods/{name}/log?container=job&follow=true` (a chunked stream of the container's
-//! output) and `DELETE .../pods/{name}`. Errors are `Status` objects.
+//! output) and `DELETE .../pods/{name}`; and networking/v1 NetworkPolicies (`POST`/`DELETE`
+//! `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies[/{name}]`). Errors are
+//! `Status` objects.
 //!
 //! The container's command really runs on this host when the log is requested (the adapter
 //! points the job directory at a temporary directory): its stdout and stderr are the log, its
@@ -48,6 +50,9 @@ pub(crate) struct KubernetesDouble {
     pods: Mutex<BTreeMap<String, PodState>>,
     created: Mutex<u32>,
     pub(crate) deleted: Mutex<Vec<String>>,
+    /// NetworkPolicies alive: name → object.
+    pub(crate) policies: Mutex<BTreeMap<String, serde_json::Value>>,
+    pub(crate) deleted_policies: Mutex<Vec<String>>,
 }
 
 impl KubernetesDouble {
@@ -176,6 +181,47 @@ async fn handle(State(double): State<Arc<KubernetesDouble>>, request: Request) -
             let mut pod = state.pod;
             pod["metadata"]["deletionTimestamp"] = "2026-11-30T00:00:01Z".into();
             json(200, pod)
+        }
+        (
+            &Method::POST,
+            [
+                "apis",
+                "networking.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "networkpolicies",
+            ],
+        ) => {
+            let mut policy = recorded.json();
+            let Some(name) = policy["metadata"]["name"].as_str().map(str::to_owned) else {
+                return status(422, "Invalid", "metadata.name: Required value");
+            };
+            policy["metadata"]["namespace"] = (*ns).into();
+            lock(&double.policies).insert(name, policy.clone());
+            json(201, policy)
+        }
+        (
+            &Method::DELETE,
+            [
+                "apis",
+                "networking.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                "networkpolicies",
+                name,
+            ],
+        ) => {
+            let Some(policy) = lock(&double.policies).remove(*name) else {
+                return status(
+                    404,
+                    "NotFound",
+                    &format!("networkpolicies.networking.k8s.io \"{name}\" not found"),
+                );
+            };
+            lock(&double.deleted_policies).push((*name).to_owned());
+            json(200, policy)
         }
         _ => status(
             404,
