@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandstorm_features::{Candidate, Language};
-use sandstorm_runtime::{JobSpec, OutputStream, RunControl, RunResult, RunStatus};
+use sandstorm_runtime::{JobSpec, OutputStream, RunControl, RunResult, RunStatus, RuntimeError};
 
 use crate::error::AdapterError;
 use crate::{RemoteRun, RunFailure, Usage};
@@ -25,6 +25,12 @@ const CANCEL_POLL: Duration = Duration::from_millis(25);
 /// argument longer than 128 KiB (`MAX_ARG_STRLEN`), so files embedded in the script must fit
 /// well below that.
 pub(crate) const MAX_INLINE_SCRIPT_BYTES: usize = 96 * 1024;
+
+/// Tries to delete a sandbox when the provider answers with a transient error.
+const DELETE_ATTEMPTS: u32 = 3;
+
+/// Pause before the second delete attempt (doubled before the third).
+const DELETE_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Exit status of the script when it could not set up the job directory or its files.
 pub(crate) const SETUP_FAILED_EXIT: i32 = 97;
@@ -251,8 +257,9 @@ pub(crate) async fn drive<S: Sandbox>(
     control: RunControl,
 ) -> Result<RemoteRun, RunFailure> {
     let provider = sandbox.provider();
-    job.validate().map_err(|e| {
-        AdapterError::InvalidJob(e.to_string().trim_start_matches("invalid job: ").to_owned())
+    job.validate().map_err(|e| match e {
+        RuntimeError::InvalidJob(reason) => AdapterError::InvalidJob(reason),
+        other => AdapterError::Internal(other.to_string()),
     })?;
     if candidate.provider != provider {
         return Err(AdapterError::Unsupported {
@@ -320,13 +327,23 @@ pub(crate) async fn drive<S: Sandbox>(
         usage.vcpu = vcpu;
         usage.memory_mib = memory_mib;
     }
-    match sandbox.delete(&handle).await {
-        Ok(()) => {
-            usage.deleted = true;
-            tracing::info!(provider, sandbox = %id, "sandbox deleted");
-        }
-        Err(e) => {
-            tracing::error!(provider, sandbox = %id, error = %e, "could not delete the sandbox; it lives until the provider's own timeout");
+    let mut attempt = 1;
+    loop {
+        match sandbox.delete(&handle).await {
+            Ok(()) => {
+                usage.deleted = true;
+                tracing::info!(provider, sandbox = %id, "sandbox deleted");
+                break;
+            }
+            Err(e) if e.retryable() && attempt < DELETE_ATTEMPTS => {
+                tracing::warn!(provider, sandbox = %id, error = %e, attempt, "sandbox delete failed; retrying");
+                tokio::time::sleep(DELETE_BACKOFF * attempt).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(provider, sandbox = %id, error = %e, "could not delete the sandbox; it lives until the provider's own timeout");
+                break;
+            }
         }
     }
     usage.sandbox_seconds = created_at.elapsed().as_secs_f64();

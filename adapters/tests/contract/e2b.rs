@@ -472,3 +472,42 @@ fn e2b_provider_that_does_not_answer_is_a_retryable_timeout() {
     assert!(failure.retryable());
     assert!(!failure.error.job_may_have_started());
 }
+
+#[test]
+fn e2b_delete_is_retried_on_server_errors_and_a_lost_delete_is_reported() {
+    let (server, double) = E2bDouble::start(Behavior {
+        events: ok_events(),
+        delete_failures: 2,
+        ..Behavior::default()
+    });
+    let provider = provider(&server, API_KEY);
+    let run = provider
+        .run(
+            &candidate("e2b", None),
+            &command_job("true"),
+            &RunControl::new(),
+        )
+        .expect("run");
+    assert!(run.usage.deleted);
+    assert_eq!(double.deleted(), vec!["sbx1".to_owned()]);
+    assert_eq!(
+        double.recorder.matching("DELETE", "/sandboxes/sbx1").len(),
+        3
+    );
+
+    lock(&double.behavior).delete_failures = 10;
+    let run = provider
+        .run(
+            &candidate("e2b", None),
+            &command_job("true"),
+            &RunControl::new(),
+        )
+        .expect("the job's result stands even when the delete fails");
+    assert_eq!(run.result.status, RunStatus::Ok);
+    assert!(!run.usage.deleted);
+    assert_eq!(
+        double.recorder.matching("DELETE", "/sandboxes/sbx2").len(),
+        3
+    );
+    assert_eq!(double.alive().len(), 1);
+}

@@ -46,6 +46,8 @@ pub(crate) struct Behavior {
     pub(crate) create_delay: Option<Duration>,
     /// Answer `POST /process.Process/Start` with this status and body instead of streaming.
     pub(crate) start_error: Option<(u16, serde_json::Value)>,
+    /// Answer this many `DELETE /sandboxes/{id}` with 502 before deleting.
+    pub(crate) delete_failures: u32,
     /// Answer `POST /files` with this status and body.
     pub(crate) upload_error: Option<(u16, serde_json::Value)>,
     pub(crate) events: Vec<Event>,
@@ -148,6 +150,13 @@ fn create(double: &E2bDouble, headers: &HeaderMap) -> Response {
 fn delete(double: &E2bDouble, headers: &HeaderMap, id: &str) -> Response {
     if !api_key_ok(headers) {
         return api_error(401, "Invalid API key");
+    }
+    {
+        let mut behavior = lock(&double.behavior);
+        if behavior.delete_failures > 0 {
+            behavior.delete_failures -= 1;
+            return api_error(502, "upstream connect error");
+        }
     }
     if lock(&double.alive).remove(id).is_none() {
         return api_error(404, &format!("sandbox \"{id}\" not found"));
