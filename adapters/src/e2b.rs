@@ -40,9 +40,10 @@ pub struct E2bConfig {
     pub envd_url: Option<String>,
     /// `E2B_TEMPLATE`, default `base`.
     pub template: String,
-    /// vCPUs of the template's sandboxes (E2B sizes sandboxes per template), default 2.
+    /// vCPUs of the template's sandboxes (E2B sizes sandboxes per template;
+    /// `E2B_TEMPLATE_VCPU`), default 2.
     pub template_vcpu: f64,
-    /// Memory of the template's sandboxes in MiB, default 512.
+    /// Memory of the template's sandboxes in MiB (`E2B_TEMPLATE_MEMORY_MIB`), default 512.
     pub template_memory_mib: u64,
     /// Sandbox user running the job, default `user`.
     pub user: String,
@@ -94,7 +95,7 @@ impl Default for E2bConfig {
 
 impl E2bConfig {
     /// Defaults overridden by `E2B_API_KEY`, `E2B_API_URL`, `E2B_DOMAIN`, `E2B_ENVD_URL`,
-    /// `E2B_TEMPLATE`.
+    /// `E2B_TEMPLATE`, `E2B_TEMPLATE_VCPU`, `E2B_TEMPLATE_MEMORY_MIB`.
     pub fn from_env() -> Self {
         let d = Self::default();
         Self {
@@ -103,6 +104,12 @@ impl E2bConfig {
             domain: env_var("E2B_DOMAIN").unwrap_or(d.domain.clone()),
             envd_url: env_var("E2B_ENVD_URL"),
             template: env_var("E2B_TEMPLATE").unwrap_or(d.template.clone()),
+            template_vcpu: env_var("E2B_TEMPLATE_VCPU")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.template_vcpu),
+            template_memory_mib: env_var("E2B_TEMPLATE_MEMORY_MIB")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.template_memory_mib),
             ..d
         }
     }
