@@ -119,7 +119,10 @@ impl RunControl {
         self.lock().killed
     }
 
-    pub(crate) fn observe(&self, stream: OutputStream, chunk: &[u8]) {
+    /// Passes one chunk of the job's output to the observer, if there is one (empty chunks are
+    /// dropped). Backends call it as output arrives; executors outside this crate (remote
+    /// provider adapters) use it to stream their output through the same control.
+    pub fn observe(&self, stream: OutputStream, chunk: &[u8]) {
         if let Some(observer) = &self.observer
             && !chunk.is_empty()
         {

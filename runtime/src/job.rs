@@ -68,7 +68,7 @@ impl JobSpec {
     }
 
     /// Checks the rules every backend relies on; a broken rule is the caller's error.
-    pub(crate) fn validate(&self) -> Result<(), RuntimeError> {
+    pub fn validate(&self) -> Result<(), RuntimeError> {
         let invalid = |m: String| Err(RuntimeError::InvalidJob(m));
         match (&self.command, &self.code) {
             (None, None) => return invalid("either `command` or `code` is required".into()),
