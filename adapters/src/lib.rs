@@ -36,6 +36,7 @@
 mod daytona;
 mod driver;
 mod e2b;
+mod edge;
 mod error;
 mod http;
 mod kubernetes;
@@ -47,6 +48,7 @@ use std::fmt;
 
 pub use daytona::{DaytonaConfig, DaytonaProvider};
 pub use e2b::{E2bConfig, E2bProvider};
+pub use edge::{EdgeProvider, edge_token_var};
 pub use error::{AdapterError, Phase};
 pub use kubernetes::{KubernetesConfig, KubernetesProvider};
 pub use modal::ModalProvider;

@@ -9,6 +9,7 @@ use sandstorm_runtime::{Availability, JobSpec, RunControl};
 use crate::daytona::{DaytonaConfig, DaytonaProvider};
 use crate::driver::Bridge;
 use crate::e2b::{E2bConfig, E2bProvider};
+use crate::edge::EdgeProvider;
 use crate::error::AdapterError;
 use crate::kubernetes::{KubernetesConfig, KubernetesProvider};
 use crate::modal::ModalProvider;
@@ -53,6 +54,15 @@ impl Providers {
     /// variables (see `docs/providers.md`). Never fails: a provider without credentials is
     /// present and reports `Unavailable` with the reason.
     pub fn from_env() -> Self {
+        Self::build(None)
+    }
+
+    /// [`Providers::from_env`] plus one [`EdgeProvider`] per `edge` provider of `catalog`.
+    pub fn from_env_and_catalog(catalog: &sandstorm_features::Catalog) -> Self {
+        Self::build(Some(catalog))
+    }
+
+    fn build(catalog: Option<&sandstorm_features::Catalog>) -> Self {
         let bridge = Bridge::new();
         let mut providers: Vec<Box<dyn RemoteProvider>> = Vec::new();
         let mut add = |name: &'static str,
@@ -95,6 +105,19 @@ impl Providers {
             )?))
         });
         providers.push(Box::new(ModalProvider));
+        let edges = catalog
+            .into_iter()
+            .flat_map(|c| &c.providers)
+            .filter(|p| p.kind == sandstorm_features::ProviderKind::Edge);
+        for spec in edges {
+            providers.push(match &bridge {
+                Ok(bridge) => Box::new(EdgeProvider::from_spec(spec, Arc::clone(bridge))),
+                Err(e) => Box::new(Broken {
+                    name: "edge",
+                    reason: e.to_string(),
+                }),
+            });
+        }
         Self { providers }
     }
 

@@ -3,6 +3,7 @@
 //! (`serve`, `mcp`), and the quickstart that does the whole loop on embedded defaults.
 
 mod common;
+mod doctor;
 mod eval;
 mod eval_cmd;
 mod policy;
@@ -64,6 +65,12 @@ enum Command {
     Mcp(serve::McpArgs),
     /// Make a new random API key and print it with the SHA-256 the configuration stores.
     ApiKey(serve::ApiKeyArgs),
+    /// Serve this host's local runtime to routers elsewhere (an edge agent), authenticated
+    /// with a bearer token.
+    Agent(serve::AgentArgs),
+    /// Check what this host can run: local isolation tiers (probed with a real job), kernel
+    /// confinement, edge agents.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Options shared by commands that route.
@@ -191,6 +198,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Mcp(args) => serve::mcp(&args),
         Command::ApiKey(args) => serve::api_key(&args),
+        Command::Doctor(args) => doctor::doctor(&args),
+        Command::Agent(args) => serve::agent(&args),
     };
     match result {
         Ok(code) => code,

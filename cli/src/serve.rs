@@ -1,5 +1,5 @@
-//! The `serve`, `mcp` and `api-key` commands: thin wrappers around `sandstorm_service` that
-//! read the configuration, start a tokio runtime and report errors.
+//! The `serve`, `mcp`, `agent` and `api-key` commands: thin wrappers around
+//! `sandstorm_service` that read the configuration, start a tokio runtime and report errors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,25 @@ pub(crate) struct McpArgs {
     /// Tenant the runs are recorded for.
     #[arg(long, env = "SANDSTORM_MCP_TENANT", default_value = sandstorm_service::mcp::DEFAULT_TENANT)]
     tenant: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// Address to serve the agent API on, e.g. 0.0.0.0:7070.
+    #[arg(long, env = "SANDSTORM_AGENT_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token routers must present (at least 16 characters).
+    #[arg(long, env = "SANDSTORM_AGENT_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// The agent's name: the catalog's `edge` provider that points at it.
+    #[arg(long, env = "SANDSTORM_AGENT_NAME", default_value = "edge")]
+    name: String,
+    /// The region (POP) this agent stands in, as in the catalog.
+    #[arg(long, env = "SANDSTORM_AGENT_REGION", default_value = "local")]
+    region: String,
+    /// gVisor sandboxes kept warm.
+    #[arg(long, env = "SANDSTORM_GVISOR_POOL", default_value_t = sandstorm_runtime::DEFAULT_GVISOR_POOL_SIZE)]
+    gvisor_pool: usize,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +111,30 @@ pub(crate) fn mcp(args: &McpArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --config FILE or --models DIR"),
     };
     runtime(None)?.block_on(sandstorm_service::mcp::serve_stdio(&config, &args.tenant))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn agent(args: &AgentArgs) -> Result<ExitCode> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?;
+    let config = sandstorm_service::AgentConfig {
+        listen: args.listen,
+        name: args.name.clone(),
+        region: args.region.clone(),
+        token: token.trim().to_owned(),
+        engine: sandstorm_runtime::EngineConfig {
+            gvisor_pool_size: args.gvisor_pool,
+        },
+        max_retained_runs: 10_000,
+        max_body_bytes: 16 * 1024 * 1024,
+    };
+    runtime(None)?.block_on(async {
+        let agent = sandstorm_service::Agent::bind(config).await?;
+        let addr = agent.local_addr()?;
+        eprintln!("sandstorm agent {} listening on http://{addr}", args.name);
+        agent.run(sandstorm_service::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -148,7 +148,7 @@ impl fmt::Display for Availability {
 }
 
 /// What happened to one run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     pub status: RunStatus,
     /// Exit code, when the program exited (under `bubblewrap`, a program killed by signal N

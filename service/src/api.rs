@@ -327,39 +327,7 @@ async fn run_logs(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = find_run(&state, &principal, &id)?;
-    let (past, rx, finished) = run.subscribe();
-    let stream = futures_util::stream::unfold(
-        (past.into_iter(), rx, finished, false),
-        |(mut past, mut rx, finished, mut ended)| async move {
-            if ended {
-                return None;
-            }
-            let event = match past.next() {
-                Some(e) => e,
-                None if finished => return None,
-                None => match rx.recv().await {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(n)) => LogEvent {
-                        seq: u64::MAX,
-                        kind: "lagged",
-                        data: format!("{n} events were dropped for this slow listener"),
-                    },
-                    Err(RecvError::Closed) => return None,
-                },
-            };
-            if event.kind == "state"
-                && matches!(event.data.as_str(), "completed" | "cancelled" | "error")
-            {
-                ended = true;
-            }
-            let mut sse = Event::default().event(event.kind).data(event.data);
-            if event.seq != u64::MAX {
-                sse = sse.id(event.seq.to_string());
-            }
-            Some((Ok(sse), (past, rx, finished, ended)))
-        },
-    );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(crate::runs::sse_logs(&run))
 }
 
 /// The policies the router applies.

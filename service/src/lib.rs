@@ -17,6 +17,7 @@
 //! `shutdown_grace_s`, then cancels what is left. This crate is serving code: it never depends
 //! on the trainer, polars or DataFusion (`scripts/check-invariants.sh`).
 
+pub mod agent;
 mod api;
 mod auth;
 mod config;
@@ -35,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use agent::{Agent, AgentConfig};
 pub use api::ApiDoc;
 pub use config::{ApiKey, Config, Limits, Scope, TenantLimits, hash_api_key};
 pub use core::Core;
