@@ -9,6 +9,7 @@
 mod data;
 mod lgbm;
 mod metrics;
+pub mod query;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub enum TrainerError {
     /// The telemetry given cannot be trained on (missing, empty, wrong schema, too small).
     #[error("{0}")]
     Input(String),
+    /// A telemetry query is wrong (bad SQL, unknown column, unknown report or format); holds
+    /// DataFusion's message.
+    #[error("invalid query: {0}")]
+    Query(String),
     /// A configuration value is out of range.
     #[error("invalid training configuration: {0}")]
     Config(String),
