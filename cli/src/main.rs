@@ -1,6 +1,7 @@
 //! The `sandstorm` command line: generate telemetry, train models, route and run requests,
 //! evaluate the routing on real data, write and publish routing policies, the router service
-//! (`serve`, `mcp`), and the quickstart that does the whole loop on embedded defaults.
+//! (`serve`, `mcp`), SQL over telemetry (`telemetry`), and the quickstart that does the whole
+//! loop on embedded defaults.
 
 mod common;
 mod eval;
@@ -10,6 +11,7 @@ mod quickstart;
 mod report;
 mod run;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +64,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Serve the MCP protocol on stdin/stdout so an AI agent can route and run code.
     Mcp(serve::McpArgs),
+    /// Query telemetry with SQL, print reports, compact write-ahead logs.
+    Telemetry {
+        #[command(subcommand)]
+        command: telemetry::TelemetryCommand,
+    },
     /// Make a new random API key and print it with the SHA-256 the configuration stores.
     ApiKey(serve::ApiKeyArgs),
 }
@@ -191,6 +198,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Mcp(args) => serve::mcp(&args),
         Command::ApiKey(args) => serve::api_key(&args),
+        Command::Telemetry { command } => telemetry::command(command),
     };
     match result {
         Ok(code) => code,
