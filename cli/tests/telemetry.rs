@@ -1,6 +1,8 @@
 //! `sandstorm telemetry`: SQL queries and reports over simulated telemetry in every output
 //! format, clear errors for bad SQL, bad columns and unsupported locations, and `compact`.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
+
 mod common;
 
 use common::{run, text};
