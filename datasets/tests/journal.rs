@@ -242,7 +242,12 @@ fn recovery_cuts_a_torn_tail_and_keeps_every_complete_frame() {
     assert_eq!(recovery.writers, 1);
     assert_eq!(recovery.rows, 40);
     assert_eq!(recovery.torn_tails, 1);
-    assert!(full > 0);
+    // The cut bytes are kept, hidden from readers.
+    assert_eq!(recovery.kept_tails.len(), 1);
+    assert_eq!(
+        std::fs::read(&recovery.kept_tails[0]).expect("kept tail"),
+        bytes[full..]
+    );
     writer.close().expect("close");
     assert_eq!(read_all(crashed.path()), sorted(rows));
     assert!(!crashed.path().join(WAL_DIR).join("deadwriter1").exists());

@@ -21,12 +21,16 @@ use crate::error::DatasetsError;
 use crate::parquet_io::write_parquet;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Hidden directory of the bytes of torn tails cut off segments, kept for inspection.
+pub(crate) const QUARANTINE_DIR: &str = ".quarantine";
 
 /// What compacting one segment did.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentCompaction {
     pub(crate) rows: usize,
     pub(crate) torn_tail: bool,
+    /// Where the bytes of a non-zero torn tail were kept.
+    pub(crate) kept_tail: Option<PathBuf>,
     /// Every Parquet file holding the segment's rows (including files an earlier, interrupted
     /// compaction had already published).
     pub(crate) files: Vec<PathBuf>,
@@ -58,10 +62,15 @@ pub(crate) fn compact_segment(
     let mut out = SegmentCompaction {
         rows: contents.rows(),
         torn_tail: contents.is_torn(),
+        kept_tail: None,
         files: Vec::new(),
     };
     if contents.is_torn() {
-        truncate_torn_tail(path, contents.valid_len)?;
+        let keep = root.join(QUARANTINE_DIR).join(format!(
+            "{writer_id}-{segment_id:08}-at-{}.torn",
+            contents.valid_len
+        ));
+        out.kept_tail = truncate_torn_tail(path, contents.valid_len, &keep)?;
     }
     if out.rows > 0 {
         let batch = concat_batches(&telemetry::schema(), &contents.batches)?;

@@ -7,6 +7,7 @@
 //! <root>/date=2026-11-30/part-<writer id>-<segment id>.parquet   compacted rows
 //! <root>/.wal/<writer id>/LOCK                                     held (flock) while the writer lives
 //! <root>/.wal/<writer id>/<segment id>.seg                         write-ahead log segments
+//! <root>/.quarantine/<writer>-<segment>-at-<offset>.torn           bytes of cut torn tails
 //! ```
 //!
 //! * **Durability.** [`TelemetryWriter::append`] returns only after the row's frame is written
@@ -18,7 +19,8 @@
 //!   (see `compact.rs`).
 //! * **Recovery.** Every writer has its own WAL directory, locked with `flock` for its lifetime.
 //!   [`TelemetryWriter::open`] recovers the directories of dead writers (the lock is free): torn
-//!   tails are cut at the last complete frame, the segments compacted, the directory removed.
+//!   tails are cut at the last complete frame (their bytes kept in `.quarantine/` unless all
+//!   zeros), the segments compacted, the directory removed.
 //! * **Readers** ([`crate::read_parquet_dir`], the trainer, `sandstorm telemetry query`) read
 //!   compacted Parquet only; `.wal` is hidden from them. A row becomes visible at most
 //!   `max_segment_age` (plus one compaction) after it was acknowledged, or when its writer
@@ -102,8 +104,11 @@ pub struct Recovery {
     pub writers: usize,
     /// Segments compacted.
     pub segments: usize,
-    /// Segments whose torn tail (an unacknowledged, partly written frame) was cut off.
+    /// Segments whose torn tail (a partly written frame, never acknowledged) was cut off.
     pub torn_tails: usize,
+    /// Files under `<root>/.quarantine/` keeping the bytes of cut tails that were not all
+    /// zeros (a torn write, or a damaged last frame: kept so nothing is destroyed silently).
+    pub kept_tails: Vec<PathBuf>,
     /// Rows recovered.
     pub rows: usize,
     /// Parquet files holding them.
@@ -604,6 +609,7 @@ fn recover(root: &Path, wal_root: &Path) -> Result<Recovery, DatasetsError> {
             recovery.segments += 1;
             recovery.rows += done.rows;
             recovery.torn_tails += usize::from(done.torn_tail);
+            recovery.kept_tails.extend(done.kept_tail);
             recovery.files.extend(done.files);
         }
         remove_wal_dir(&dir)?;

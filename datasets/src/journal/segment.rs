@@ -105,6 +105,18 @@ impl SegmentWriter {
     pub(crate) fn append(&mut self, batch: &RecordBatch) -> Result<(), DatasetsError> {
         self.ipc.write(batch)?;
         let message = std::mem::take(self.ipc.get_mut());
+        if u32::try_from(message.len()).is_err() {
+            return Err(DatasetsError::io(
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a commit of {} bytes exceeds the 4 GiB frame limit",
+                        message.len()
+                    ),
+                ),
+            ));
+        }
         let mut frame = Vec::with_capacity(FRAME_HEADER + message.len());
         push_frame(&mut frame, &message);
         let io = |e| DatasetsError::io(&self.path, e);
@@ -288,12 +300,41 @@ fn next_valid_frame(data: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Cuts a torn tail off segment `path` so that it ends with its last complete frame.
-pub(crate) fn truncate_torn_tail(path: &Path, valid_len: u64) -> Result<(), DatasetsError> {
+/// Cuts a torn tail off segment `path` so that it ends with its last complete frame. Unless
+/// the tail is all zeros (space allocated, never written), its bytes are first kept in file
+/// `keep` (made durable), so that even a damaged last frame is never silently destroyed;
+/// returns that file.
+pub(crate) fn truncate_torn_tail(
+    path: &Path,
+    valid_len: u64,
+    keep: &Path,
+) -> Result<Option<PathBuf>, DatasetsError> {
     let io = |e| DatasetsError::io(path, e);
+    let data = std::fs::read(path).map_err(io)?;
+    let tail = data.get(valid_len as usize..).unwrap_or_default();
+    let kept = if tail.iter().any(|&b| b != 0) {
+        let dir = keep.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| DatasetsError::io(dir, e))?;
+        let mut file = File::create(keep).map_err(|e| DatasetsError::io(keep, e))?;
+        file.write_all(tail)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| DatasetsError::io(keep, e))?;
+        sync_dir(dir)?;
+        tracing::warn!(
+            segment = %path.display(),
+            offset = valid_len,
+            bytes = tail.len(),
+            kept = %keep.display(),
+            "cut the torn tail of a telemetry wal segment; its bytes are kept"
+        );
+        Some(keep.to_owned())
+    } else {
+        None
+    };
     let file = OpenOptions::new().write(true).open(path).map_err(io)?;
     file.set_len(valid_len).map_err(io)?;
-    file.sync_all().map_err(io)
+    file.sync_all().map_err(io)?;
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -354,7 +395,9 @@ mod tests {
         std::fs::write(&path, &zeros).expect("write");
         let contents = read_segment(&path).expect("zeros are a torn tail");
         assert_eq!(contents.rows(), 2);
-        truncate_torn_tail(&path, contents.valid_len).expect("truncate");
+        let keep = dir.path().join("kept");
+        let kept = truncate_torn_tail(&path, contents.valid_len, &keep).expect("truncate");
+        assert_eq!(kept, None, "a zero tail is not kept");
         assert_eq!(
             std::fs::metadata(&path).expect("stat").len(),
             after_first,
