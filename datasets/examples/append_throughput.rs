@@ -20,14 +20,18 @@ use sandstorm_features::Catalog;
 fn main() {
     let mut args = std::env::args().skip(1);
     let base = args.next().map(std::path::PathBuf::from);
-    let per_thread: usize = args.next().map_or(200, |n| n.parse().expect("rows per thread"));
+    let per_thread: usize = args
+        .next()
+        .map_or(200, |n| n.parse().expect("rows per thread"));
     let cfg = SimulatorConfig {
         rows: 1,
         seed: 3,
         ..SimulatorConfig::default()
     };
     let template = simulate(&Catalog::default_catalog(), &cfg).next().unwrap();
-    println!("| threads | rows | seconds | rows/s | commits (fsyncs) | rows per commit | append p50 | append p99 |");
+    println!(
+        "| threads | rows | seconds | rows/s | commits (fsyncs) | rows per commit | append p50 | append p99 |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for threads in [1usize, 4, 16, 64] {
         let tmp = match &base {

@@ -304,7 +304,8 @@ impl Core {
     }
 
     /// Stops accepting runs and waits for those in flight; after `grace`, cancels what is
-    /// left (killing each process group) and waits for them to end.
+    /// left (killing each process group) and waits for them to end. Then compacts the
+    /// telemetry written so far into Parquet.
     pub async fn drain(&self, grace: Duration) {
         self.tracker.close();
         let active = self.runs.active().len();
@@ -321,6 +322,13 @@ impl Core {
                 cancel(&run);
             }
             self.tracker.wait().await;
+        }
+        // Publish the telemetry of the drained runs now rather than at the next start.
+        if let Some(writer) = &self.telemetry {
+            match writer.flush() {
+                Ok(files) => tracing::info!(files = files.len(), "telemetry compacted"),
+                Err(e) => tracing::error!(error = %e, "telemetry stays in the wal until recovered"),
+            }
         }
     }
 
