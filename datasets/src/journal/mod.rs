@@ -36,6 +36,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use sandstorm_features::telemetry::{self, TelemetryRecord};
 
 use crate::error::DatasetsError;
@@ -178,7 +180,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Queue {
-    pending: Vec<TelemetryRecord>,
+    /// Rows waiting for the next commit, already encoded by their appenders.
+    pending: Vec<RecordBatch>,
     /// Sequence number of the next row enqueued.
     next_seq: u64,
     /// Every row numbered below this is durable.
@@ -373,6 +376,9 @@ impl Drop for TelemetryWriter {
 
 impl Inner {
     fn append(&self, records: &[TelemetryRecord]) -> Result<Ack, DatasetsError> {
+        // Encoded by each appender, in parallel and outside the lock: a row that cannot be
+        // encoded fails its own append only.
+        let batch = telemetry::to_record_batch(records)?;
         let mut queue = lock(&self.queue);
         if let Some(failure) = &queue.failure {
             return Err(DatasetsError::WriterFailed(failure.clone()));
@@ -380,7 +386,7 @@ impl Inner {
         let first_seq = queue.next_seq;
         let n = records.len() as u64;
         queue.next_seq += n;
-        queue.pending.extend(records.iter().cloned());
+        queue.pending.push(batch);
         let last = queue.next_seq;
         loop {
             if queue.durable >= last {
@@ -420,13 +426,13 @@ impl Inner {
             queue = lock(&self.queue);
             queue.leader = false;
             match result {
-                Ok(segment) => {
+                Ok((segment, rows)) => {
                     queue.durable = upto;
+                    self.rows.fetch_add(rows as u64, Ordering::Relaxed);
                     if queue.recent.len() == RECENT_COMMITS {
                         queue.recent.pop_front();
                     }
                     queue.recent.push_back((upto, segment));
-                    self.rows.fetch_add(group.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "telemetry commit failed; writer stopped");
@@ -437,9 +443,10 @@ impl Inner {
         }
     }
 
-    /// Writes `group` as one frame of the active segment and fsyncs it; returns the segment.
-    fn commit(&self, group: &[TelemetryRecord]) -> Result<PathBuf, DatasetsError> {
-        let batch = telemetry::to_record_batch(group)?;
+    /// Writes `group` as one frame of the active segment and fsyncs it; returns the segment
+    /// and the number of rows.
+    fn commit(&self, group: &[RecordBatch]) -> Result<(PathBuf, usize), DatasetsError> {
+        let batch = concat_batches(&telemetry::schema(), group)?;
         let mut slot = lock(&self.segment);
         if slot.active.is_none() {
             let id = slot.next_id;
@@ -455,7 +462,7 @@ impl Inner {
         if active.bytes >= self.options.max_segment_bytes {
             self.seal(&mut slot);
         }
-        Ok(segment)
+        Ok((segment, batch.num_rows()))
     }
 
     /// Seals the active segment if it holds rows (and, with `only_if_old`, is old enough).
@@ -595,8 +602,14 @@ fn recover(root: &Path, wal_root: &Path) -> Result<Recovery, DatasetsError> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Recovered and removed by another process between our listing and our lock.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(DatasetsError::io(&dir, e)),
+        };
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| DatasetsError::io(&dir, e))? {
+        for entry in entries {
             let entry = entry.map_err(|e| DatasetsError::io(&dir, e))?;
             if let Some(id) = parse_segment_file_name(&entry.file_name().to_string_lossy()) {
                 segments.push(id);
