@@ -57,6 +57,10 @@ pub enum DatasetsError {
         offset: u64,
         message: String,
     },
+    /// Internal error: rows handed to the telemetry writer could not be encoded as Arrow (they
+    /// were not written; other appends are unaffected).
+    #[error("internal error: telemetry rows rejected: {0}")]
+    RejectedRows(String),
     /// The telemetry writer stopped after a failed write or fsync (the state of its segment is
     /// unknown, so it accepts no more rows; reopen it to recover).
     #[error("telemetry writer stopped after an earlier failure: {0}")]

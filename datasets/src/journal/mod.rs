@@ -180,12 +180,14 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Queue {
-    /// Rows waiting for the next commit, already encoded by their appenders.
-    pending: Vec<RecordBatch>,
+    /// Appends waiting for the next commit: (sequence number of their first row, rows).
+    pending: Vec<(u64, Vec<TelemetryRecord>)>,
     /// Sequence number of the next row enqueued.
     next_seq: u64,
-    /// Every row numbered below this is durable.
+    /// Every row numbered below this is durable, or was rejected (see `rejected`).
     durable: u64,
+    /// Recent appends whose rows could not be encoded: (first, end) sequence numbers, error.
+    rejected: std::collections::VecDeque<(u64, u64, String)>,
     /// A leader is committing.
     leader: bool,
     /// Recent commits: (rows below this sequence number are durable, segment path).
@@ -376,9 +378,6 @@ impl Drop for TelemetryWriter {
 
 impl Inner {
     fn append(&self, records: &[TelemetryRecord]) -> Result<Ack, DatasetsError> {
-        // Encoded by each appender, in parallel and outside the lock: a row that cannot be
-        // encoded fails its own append only.
-        let batch = telemetry::to_record_batch(records)?;
         let mut queue = lock(&self.queue);
         if let Some(failure) = &queue.failure {
             return Err(DatasetsError::WriterFailed(failure.clone()));
@@ -386,10 +385,17 @@ impl Inner {
         let first_seq = queue.next_seq;
         let n = records.len() as u64;
         queue.next_seq += n;
-        queue.pending.push(batch);
+        queue.pending.push((first_seq, records.to_vec()));
         let last = queue.next_seq;
         loop {
             if queue.durable >= last {
+                if let Some((_, _, error)) = queue
+                    .rejected
+                    .iter()
+                    .find(|(start, _, _)| *start == first_seq)
+                {
+                    return Err(DatasetsError::RejectedRows(error.clone()));
+                }
                 let segment = queue
                     .recent
                     .iter()
@@ -422,17 +428,30 @@ impl Inner {
             let group = std::mem::take(&mut queue.pending);
             let upto = queue.next_seq;
             drop(queue);
-            let result = self.commit(&group);
+            let (batch, rejected) = encode(&group);
+            let result = match &batch {
+                Some(batch) => self.commit(batch).map(Some),
+                None => Ok(None),
+            };
             queue = lock(&self.queue);
             queue.leader = false;
+            for r in rejected {
+                if queue.rejected.len() == RECENT_COMMITS {
+                    queue.rejected.pop_front();
+                }
+                queue.rejected.push_back(r);
+            }
             match result {
-                Ok((segment, rows)) => {
+                Ok(committed) => {
                     queue.durable = upto;
-                    self.rows.fetch_add(rows as u64, Ordering::Relaxed);
-                    if queue.recent.len() == RECENT_COMMITS {
-                        queue.recent.pop_front();
+                    if let Some(segment) = committed {
+                        let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
+                        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                        if queue.recent.len() == RECENT_COMMITS {
+                            queue.recent.pop_front();
+                        }
+                        queue.recent.push_back((upto, segment));
                     }
-                    queue.recent.push_back((upto, segment));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "telemetry commit failed; writer stopped");
@@ -443,10 +462,8 @@ impl Inner {
         }
     }
 
-    /// Writes `group` as one frame of the active segment and fsyncs it; returns the segment
-    /// and the number of rows.
-    fn commit(&self, group: &[RecordBatch]) -> Result<(PathBuf, usize), DatasetsError> {
-        let batch = concat_batches(&telemetry::schema(), group)?;
+    /// Writes `batch` as one frame of the active segment and fsyncs it; returns the segment.
+    fn commit(&self, batch: &RecordBatch) -> Result<PathBuf, DatasetsError> {
         let mut slot = lock(&self.segment);
         if slot.active.is_none() {
             let id = slot.next_id;
@@ -456,13 +473,13 @@ impl Inner {
         let active = slot.active.as_mut().ok_or_else(|| {
             DatasetsError::WriterFailed("internal error: no active segment".to_owned())
         })?;
-        active.append(&batch)?;
+        active.append(batch)?;
         let segment = active.path.clone();
         self.commits.fetch_add(1, Ordering::Relaxed);
         if active.bytes >= self.options.max_segment_bytes {
             self.seal(&mut slot);
         }
-        Ok((segment, batch.num_rows()))
+        Ok(segment)
     }
 
     /// Seals the active segment if it holds rows (and, with `only_if_old`, is old enough).
@@ -546,6 +563,39 @@ impl Inner {
             };
         }
     }
+}
+
+/// Encodes a commit group as one batch (`None`: nothing to write). Encoding the whole group at
+/// once is the fast path; if it fails, each append is encoded alone so that only the appends
+/// whose rows cannot be encoded are rejected, returned as (first, end, error).
+fn encode(group: &[(u64, Vec<TelemetryRecord>)]) -> (Option<RecordBatch>, Vec<(u64, u64, String)>) {
+    let all: Vec<TelemetryRecord> = group.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+    if let Ok(batch) = telemetry::to_record_batch(&all) {
+        return (Some(batch), Vec::new());
+    }
+    let mut good = Vec::new();
+    let mut rejected = Vec::new();
+    for (first, records) in group {
+        match telemetry::to_record_batch(records) {
+            Ok(batch) => good.push(batch),
+            Err(e) => {
+                tracing::error!(error = %e, "telemetry rows rejected: they cannot be encoded");
+                rejected.push((*first, *first + records.len() as u64, e.to_string()));
+            }
+        }
+    }
+    let batch = match concat_batches(&telemetry::schema(), &good) {
+        Ok(batch) if batch.num_rows() > 0 => Some(batch),
+        Ok(_) => None,
+        Err(e) => {
+            // Batches of one schema always concatenate; reject them all rather than panic.
+            for (first, records) in group {
+                rejected.push((*first, *first + records.len() as u64, e.to_string()));
+            }
+            None
+        }
+    };
+    (batch, rejected)
 }
 
 /// Removes a WAL directory that holds no segment any more (its LOCK file, then itself).
