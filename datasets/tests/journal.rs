@@ -339,3 +339,17 @@ fn a_live_writers_log_is_not_recovered_by_another_writer() {
     first.close().expect("close first");
     assert_eq!(read_all(dir.path()), sorted(rows));
 }
+
+#[test]
+fn a_writer_that_died_while_opening_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What a crash between creating and renaming a writer's directory leaves.
+    let staging = dir.path().join(WAL_DIR).join(".tmp-0123");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("LOCK"), b"").expect("lock file");
+    let writer = TelemetryWriter::open(dir.path(), quiet()).expect("open");
+    assert!(!staging.exists(), "the dead staging directory is removed");
+    assert_eq!(writer.recovery().writers, 0);
+    writer.close().expect("close");
+    assert!(!dir.path().join(WAL_DIR).exists());
+}

@@ -223,9 +223,12 @@ impl TelemetryWriter {
 
         let writer_id = uuid::Uuid::new_v4().simple().to_string();
         let wal_dir = wal_root.join(&writer_id);
-        // `create_dir_all`: `.wal` may have just been removed by a writer closing.
-        std::fs::create_dir_all(&wal_dir).map_err(|e| DatasetsError::io(&wal_dir, e))?;
-        let lock_path = wal_dir.join(LOCK_FILE);
+        // The directory is made under a hidden name, locked, then renamed into place, so that a
+        // concurrent recovery never takes it for a dead writer's. `create_dir_all`: `.wal` may
+        // have just been removed by a writer closing.
+        let staging = wal_root.join(format!(".tmp-{writer_id}"));
+        std::fs::create_dir_all(&staging).map_err(|e| DatasetsError::io(&staging, e))?;
+        let lock_path = staging.join(LOCK_FILE);
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -239,6 +242,7 @@ impl TelemetryWriter {
             };
             DatasetsError::io(&lock_path, e)
         })?;
+        std::fs::rename(&staging, &wal_dir).map_err(|e| DatasetsError::io(&wal_dir, e))?;
         sync_dir(&wal_dir)?;
         sync_dir(&wal_root)?;
         tracing::info!(root = %root.display(), writer = %writer_id, "telemetry writer open");
@@ -631,6 +635,9 @@ fn recover(root: &Path, wal_root: &Path) -> Result<Recovery, DatasetsError> {
     }
     dirs.sort();
     for dir in dirs {
+        let staging = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         let lock_path = dir.join(LOCK_FILE);
         let lock_file = match OpenOptions::new()
             .create(true)
@@ -647,6 +654,11 @@ fn recover(root: &Path, wal_root: &Path) -> Result<Recovery, DatasetsError> {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => continue, // a live writer
             Err(TryLockError::Error(e)) => return Err(DatasetsError::io(&lock_path, e)),
+        }
+        if staging {
+            // A writer died while opening: no segment was ever written there.
+            remove_wal_dir(&dir)?;
+            continue;
         }
         let writer_id = dir
             .file_name()
