@@ -1,7 +1,8 @@
 //! The SIGKILL test of [`TelemetryWriter`]: a child process (this test binary, re-invoked with
 //! `SANDSTORM_JOURNAL_CHILD` set) appends rows from several threads and prints each
 //! acknowledged row's `run_id`; the test SIGKILLs it mid-stream (three times, each new child
-//! recovering the previous one's write-ahead log), then reopens the writer, compacts, and
+//! recovering the previous one's write-ahead log), adds a half-written frame to the last
+//! child's newest segment (what a power loss leaves), then reopens the writer, compacts, and
 //! checks that every acknowledged row is readable exactly once.
 //!
 //! No test harness: `main` is either the child or the test.
@@ -123,12 +124,18 @@ fn sigkill_mid_stream_loses_no_acknowledged_row() {
     for round in 0..ROUNDS {
         acked.extend(run_and_kill(dir.path(), round));
     }
+    // A power loss would also leave a half-written frame: add one to the newest segment of the
+    // last child's log.
+    let torn = tear_newest_segment(dir.path());
     let writer = TelemetryWriter::open(dir.path(), WriterOptions::default()).expect("recover");
     let recovery = writer.recovery().clone();
     assert!(
         recovery.writers >= 1,
         "the last child's wal was recovered: {recovery:?}"
     );
+    if torn {
+        assert!(recovery.torn_tails >= 1, "{recovery:?}");
+    }
     writer.close().expect("close");
 
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -162,6 +169,37 @@ fn sigkill_mid_stream_loses_no_acknowledged_row() {
         recovery.segments,
         recovery.torn_tails
     );
+}
+
+/// Appends the start of a frame (header and part of its payload) to the newest segment under
+/// `root`'s WAL; false when the child left no segment (all were compacted when it died).
+fn tear_newest_segment(root: &Path) -> bool {
+    let wal = root.join(sandstorm_datasets::WAL_DIR);
+    let mut segments = Vec::new();
+    for writer in std::fs::read_dir(&wal).expect("wal").flatten() {
+        for f in std::fs::read_dir(writer.path())
+            .expect("writer dir")
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "seg") {
+                segments.push(f.path());
+            }
+        }
+    }
+    segments.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
+    let Some(newest) = segments.last() else {
+        return false;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(newest)
+        .expect("open segment");
+    let mut frame = b"SFRM".to_vec();
+    frame.extend_from_slice(&4096u32.to_le_bytes());
+    frame.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+    frame.extend_from_slice(&[0x5a; 1000]);
+    file.write_all(&frame).expect("tear");
+    true
 }
 
 fn main() {
