@@ -3,8 +3,9 @@
 //! [`train`] reads telemetry Parquet (DataFusion), encodes it with the shared feature encoding
 //! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
 //! holdout for metrics), trains one LightGBM model per [`ModelRole`] and writes a model
-//! directory in the layout of `sandstorm_features::model`. Serving crates never depend on this
-//! crate.
+//! directory in the layout of `sandstorm_features::model`. [`query`] runs SQL and the named
+//! reports over telemetry (`sandstorm telemetry query|report`). Serving crates never depend on
+//! this crate.
 
 mod data;
 mod lgbm;
