@@ -1,6 +1,7 @@
 //! The `sandstorm` command line: generate telemetry, train models, route and run requests,
 //! evaluate the routing on real data, write and publish routing policies, the router service
-//! (`serve`, `mcp`), and the quickstart that does the whole loop on embedded defaults.
+//! (`serve`, `mcp`), SQL over telemetry (`telemetry`), and the quickstart that does the whole
+//! loop on embedded defaults.
 
 mod common;
 mod doctor;
@@ -11,6 +12,7 @@ mod quickstart;
 mod report;
 mod run;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +65,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Serve the MCP protocol on stdin/stdout so an AI agent can route and run code.
     Mcp(serve::McpArgs),
+    /// Query telemetry with SQL, print reports, compact write-ahead logs.
+    Telemetry {
+        #[command(subcommand)]
+        command: telemetry::TelemetryCommand,
+    },
     /// Make a new random API key and print it with the SHA-256 the configuration stores.
     ApiKey(serve::ApiKeyArgs),
     /// Serve this host's local runtime to routers elsewhere (an edge agent), authenticated
@@ -200,6 +207,7 @@ fn main() -> ExitCode {
         Command::ApiKey(args) => serve::api_key(&args),
         Command::Doctor(args) => doctor::doctor(&args),
         Command::Agent(args) => serve::agent(&args),
+        Command::Telemetry { command } => telemetry::command(command),
     };
     match result {
         Ok(code) => code,

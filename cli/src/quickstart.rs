@@ -182,7 +182,7 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
     println!("{t}");
 
     println!("4/4 writing the telemetry of {} real runs", records.len());
-    let file = sandstorm_datasets::append_records(&runs_dir, &records)
+    let file = crate::telemetry::append_now(&runs_dir, &records)
         .with_context(|| format!("writing telemetry to {}", runs_dir.display()))?;
     println!("    telemetry: {}", file.display());
     println!(

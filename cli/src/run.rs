@@ -77,9 +77,8 @@ pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> 
             ))
         }
         Execution::Ran { result, record } => {
-            let file =
-                sandstorm_datasets::append_records(telemetry_out, std::slice::from_ref(&*record))
-                    .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?;
+            let file = crate::telemetry::append_now(telemetry_out, std::slice::from_ref(&*record))
+                .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?;
             if args.json {
                 let out = serde_json::json!({"decision": decision, "result": result, "telemetry_file": file});
                 println!("{}", serde_json::to_string_pretty(&out)?);

@@ -263,7 +263,20 @@ fn mcp_tools_work_from_the_python_mcp_client() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("MCP_OK"), "{}", text(&o));
-    // Both executed runs left a telemetry row.
-    let files = std::fs::read_dir(&telemetry).unwrap().count();
-    assert_eq!(files, 2, "{}", text(&o));
+    // Both executed runs left a telemetry row (published when the server's writer closed, or
+    // recovered from its write-ahead log by the next writer).
+    let options = sandstorm_datasets::WriterOptions {
+        background: false,
+        ..Default::default()
+    };
+    sandstorm_datasets::TelemetryWriter::open(&telemetry, options)
+        .unwrap()
+        .close()
+        .unwrap();
+    let rows: usize = sandstorm_datasets::read_parquet_dir(&telemetry)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 2, "{}", text(&o));
 }

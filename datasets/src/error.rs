@@ -46,6 +46,25 @@ pub enum DatasetsError {
     /// User error: nothing was given to write.
     #[error("nothing to write to {}: {what} is empty", path.display())]
     NothingToWrite { path: PathBuf, what: &'static str },
+    /// User error: a telemetry location that is neither a path nor a `file://` URL.
+    #[error("unsupported telemetry location `{location}`: {message}")]
+    UnsupportedLocation { location: String, message: String },
+    /// Damaged data: a write-ahead-log segment holds bytes that are not a torn tail (a bad
+    /// header, or a damaged frame followed by valid ones). The file is left untouched.
+    #[error("telemetry wal segment {} is corrupt at byte {offset}: {message}", path.display())]
+    CorruptSegment {
+        path: PathBuf,
+        offset: u64,
+        message: String,
+    },
+    /// Internal error: rows handed to the telemetry writer could not be encoded as Arrow (they
+    /// were not written; other appends are unaffected).
+    #[error("internal error: telemetry rows rejected: {0}")]
+    RejectedRows(String),
+    /// The telemetry writer stopped after a failed write or fsync (the state of its segment is
+    /// unknown, so it accepts no more rows; reopen it to recover).
+    #[error("telemetry writer stopped after an earlier failure: {0}")]
+    WriterFailed(String),
     /// A file system operation failed (permissions, disk full, ...).
     #[error("i/o error on {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
@@ -81,6 +100,7 @@ impl DatasetsError {
                 | DatasetsError::InvalidDataset { .. }
                 | DatasetsError::CatalogUnusable(_)
                 | DatasetsError::NothingToWrite { .. }
+                | DatasetsError::UnsupportedLocation { .. }
         )
     }
 

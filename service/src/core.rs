@@ -35,7 +35,8 @@ pub struct Core {
     models_dir: PathBuf,
     engine: Engine,
     pub(crate) runs: Registry,
-    telemetry_dir: Option<PathBuf>,
+    /// The one writer of this service's telemetry (write-ahead log, then Parquet).
+    telemetry: Option<sandstorm_datasets::TelemetryWriter>,
     tracker: TaskTracker,
     pub(crate) policies: Box<dyn PolicyRegistry>,
 }
@@ -55,6 +56,13 @@ impl Core {
         };
         let models = ModelSet::load(&config.models_dir)?;
         let router = Router::new(&catalog, models);
+        let telemetry = match &config.telemetry_dir {
+            None => None,
+            Some(dir) => Some(sandstorm_datasets::TelemetryWriter::open(
+                dir,
+                sandstorm_datasets::WriterOptions::default(),
+            )?),
+        };
         let engine = Engine::new();
         for (backend, availability) in engine.availability() {
             tracing::info!(%backend, %availability, "local backend");
@@ -65,7 +73,7 @@ impl Core {
             models_dir: config.models_dir.clone(),
             engine,
             runs: Registry::new(config.max_retained_runs),
-            telemetry_dir: config.telemetry_dir.clone(),
+            telemetry,
             tracker: TaskTracker::new(),
             policies: Box::new(NoPolicies),
         })
@@ -282,12 +290,13 @@ impl Core {
         decision: &Decision,
         result: &RunResult,
     ) -> Option<String> {
-        let dir = self.telemetry_dir.as_deref()?;
+        let writer = self.telemetry.as_ref()?;
         let mut record = telemetry_record(run.id(), request, ctx, decision, result);
         record.queue_ms = ((result.started_at - run.created_at).as_seconds_f64() * 1000.0).max(0.0);
-        match sandstorm_datasets::append_records(dir, std::slice::from_ref(&record)) {
-            Ok(file) => Some(file.display().to_string()),
+        match writer.append(&record) {
+            Ok(ack) => Some(ack.segment.display().to_string()),
             Err(e) => {
+                let dir = writer.root();
                 tracing::error!(dir = %dir.display(), error = %e, "could not append telemetry");
                 None
             }
@@ -295,7 +304,8 @@ impl Core {
     }
 
     /// Stops accepting runs and waits for those in flight; after `grace`, cancels what is
-    /// left (killing each process group) and waits for them to end.
+    /// left (killing each process group) and waits for them to end. Then compacts the
+    /// telemetry written so far into Parquet.
     pub async fn drain(&self, grace: Duration) {
         self.tracker.close();
         let active = self.runs.active().len();
@@ -312,6 +322,13 @@ impl Core {
                 cancel(&run);
             }
             self.tracker.wait().await;
+        }
+        // Publish the telemetry of the drained runs now rather than at the next start.
+        if let Some(writer) = &self.telemetry {
+            match writer.flush() {
+                Ok(files) => tracing::info!(files = files.len(), "telemetry compacted"),
+                Err(e) => tracing::error!(error = %e, "telemetry stays in the wal until recovered"),
+            }
         }
     }
 

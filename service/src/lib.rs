@@ -62,6 +62,9 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    /// The telemetry directory could not be opened (or a dead writer's log recovered).
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] sandstorm_datasets::DatasetsError),
     /// The MCP transport failed.
     #[error("mcp server: {0}")]
     Mcp(String),

@@ -80,7 +80,8 @@ pub struct RunView {
     pub result: Option<RunResult>,
     /// Why the run could not be started (state `error`).
     pub error: Option<String>,
-    /// The telemetry file the run's row went to, if telemetry is configured.
+    /// The telemetry file the run's row went to, if telemetry is configured: the write-ahead
+    /// log segment where it is durable (compacted into `date=YYYY-MM-DD/` Parquet later).
     pub telemetry_file: Option<String>,
 }
 

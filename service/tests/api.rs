@@ -570,6 +570,13 @@ async fn shutdown_drains_in_flight_runs() {
     assert_eq!(events.last().unwrap().1, "completed");
     // The socket is closed.
     assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    // Draining compacted the run's telemetry row into Parquet.
+    let batches = sandstorm_datasets::read_parquet_dir(&s.dir.path().join("telemetry")).unwrap();
+    let rows: Vec<_> = batches
+        .iter()
+        .flat_map(|b| sandstorm_features::telemetry::from_record_batch(b).unwrap())
+        .collect();
+    assert!(rows.iter().any(|r| r.run_id == id), "{} rows", rows.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

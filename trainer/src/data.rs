@@ -15,8 +15,7 @@ pub(crate) fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, Trainer
             dir.display()
         )));
     }
-    let has_parquet = walk(dir).any(|p| p.extension().is_some_and(|e| e == "parquet"));
-    if !has_parquet {
+    if !has_parquet(dir) {
         return Err(TrainerError::Input(format!(
             "no .parquet files under {}",
             dir.display()
@@ -49,6 +48,11 @@ pub(crate) fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, Trainer
     Ok(rows)
 }
 
+/// Whether any `*.parquet` file lies under `dir`.
+pub(crate) fn has_parquet(dir: &Path) -> bool {
+    walk(dir).any(|p| p.extension().is_some_and(|e| e == "parquet"))
+}
+
 fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
     let mut stack = vec![dir.to_path_buf()];
     std::iter::from_fn(move || {
@@ -63,4 +67,39 @@ fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
         }
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstorm_datasets::{SimulatorConfig, TelemetryWriter, WriterOptions, simulate};
+    use sandstorm_features::Catalog;
+
+    #[test]
+    fn loads_the_writers_date_partitions_beside_older_root_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SimulatorConfig {
+            rows: 60,
+            seed: 9,
+            days: 3,
+            ..SimulatorConfig::default()
+        };
+        let rows: Vec<TelemetryRecord> = simulate(&Catalog::default_catalog(), &cfg).collect();
+        sandstorm_datasets::append_records(dir.path(), &rows[..10]).expect("older layout");
+        let options = WriterOptions {
+            background: false,
+            ..WriterOptions::default()
+        };
+        let writer = TelemetryWriter::open(dir.path(), options).expect("open");
+        writer.append_all(&rows[10..]).expect("append");
+        let files = writer.close().expect("close");
+        assert!(files.len() >= 2, "several date partitions: {files:?}");
+
+        let loaded = load_telemetry(dir.path()).expect("load");
+        let mut want = rows;
+        want.sort_by(|a, b| {
+            (a.ts_request_us, &a.run_id, a.attempt).cmp(&(b.ts_request_us, &b.run_id, b.attempt))
+        });
+        assert_eq!(loaded, want);
+    }
 }

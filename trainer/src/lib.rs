@@ -3,12 +3,14 @@
 //! [`train`] reads telemetry Parquet (DataFusion), encodes it with the shared feature encoding
 //! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
 //! holdout for metrics), trains one LightGBM model per [`ModelRole`] and writes a model
-//! directory in the layout of `sandstorm_features::model`. Serving crates never depend on this
-//! crate.
+//! directory in the layout of `sandstorm_features::model`. [`query`] runs SQL and the named
+//! reports over telemetry (`sandstorm telemetry query|report`). Serving crates never depend on
+//! this crate.
 
 mod data;
 mod lgbm;
 mod metrics;
+pub mod query;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,10 @@ pub enum TrainerError {
     /// The telemetry given cannot be trained on (missing, empty, wrong schema, too small).
     #[error("{0}")]
     Input(String),
+    /// A telemetry query is wrong (bad SQL, unknown column, unknown report or format); holds
+    /// DataFusion's message.
+    #[error("invalid query: {0}")]
+    Query(String),
     /// A configuration value is out of range.
     #[error("invalid training configuration: {0}")]
     Config(String),
