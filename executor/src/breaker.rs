@@ -148,6 +148,9 @@ struct Inner {
     config: BreakerConfig,
     path: Option<PathBuf>,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Serializes this process's writes of the state file, so that `entries` is never locked
+    /// during file I/O (the router's filter reads it on every decision).
+    io: Mutex<()>,
 }
 
 impl Breakers {
@@ -176,6 +179,7 @@ impl Breakers {
                 config,
                 path,
                 entries: Mutex::new(entries),
+                io: Mutex::new(()),
             }),
         };
         breakers.publish_all();
@@ -311,8 +315,9 @@ impl Breakers {
             tracing::info!(breaker = %key, "circuit closed: the probe succeeded");
         }
         publish(key, BreakerState::Closed);
+        drop(entries);
         if changed {
-            self.persist(&mut entries, key);
+            self.persist(key);
         }
     }
 
@@ -339,7 +344,8 @@ impl Breakers {
         }
         let state = self.state(entry, now);
         publish(key, state);
-        self.persist(&mut entries, key);
+        drop(entries);
+        self.persist(key);
     }
 
     /// The attempt said nothing about the provider: releases a probe in flight.
@@ -350,39 +356,44 @@ impl Breakers {
     }
 
     /// Writes every entry to the state file (if any), after adopting the entries of other
-    /// keys that another process changed later than this one did.
-    fn persist(&self, entries: &mut BTreeMap<String, Entry>, changed: &str) {
+    /// keys that another process changed later than this one did. The file is read and
+    /// written without holding the lock on the entries.
+    fn persist(&self, changed: &str) {
         let Some(path) = &self.inner.path else {
             return;
         };
-        match read_state(path) {
-            Ok(Some(file)) => {
-                for (key, theirs) in file.breakers {
-                    if key == changed {
-                        continue;
-                    }
-                    let probe = match entries.get(&key) {
-                        Some(ours) if ours.updated_at >= theirs.updated_at => continue,
-                        Some(ours) => ours.probe_in_flight,
-                        None => false,
-                    };
-                    entries.insert(
-                        key,
-                        Entry {
-                            probe_in_flight: probe,
-                            ..theirs
-                        },
-                    );
-                }
-            }
-            Ok(None) => {}
+        let _io = self.inner.io.lock().unwrap_or_else(PoisonError::into_inner);
+        let theirs = match read_state(path) {
+            Ok(file) => file.map(|f| f.breakers).unwrap_or_default(),
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "replacing the breaker state file")
+                tracing::debug!(path = %path.display(), error = %e, "replacing the breaker state file");
+                BTreeMap::new()
             }
-        }
+        };
+        let breakers = {
+            let mut entries = self.lock();
+            for (key, theirs) in theirs {
+                if key == changed {
+                    continue;
+                }
+                let probe = match entries.get(&key) {
+                    Some(ours) if ours.updated_at >= theirs.updated_at => continue,
+                    Some(ours) => ours.probe_in_flight,
+                    None => false,
+                };
+                entries.insert(
+                    key,
+                    Entry {
+                        probe_in_flight: probe,
+                        ..theirs
+                    },
+                );
+            }
+            entries.clone()
+        };
         let doc = StateFile {
             version: STATE_FILE_VERSION,
-            breakers: entries.clone(),
+            breakers,
         };
         if let Err(e) = write_atomically(path, &doc) {
             tracing::warn!(path = %path.display(), error = %e, "could not write the breaker state file");

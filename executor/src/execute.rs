@@ -622,6 +622,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn executors_and_breakers_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Executor>();
+        assert_send_sync::<Breakers>();
+        assert_send_sync::<Execution>();
+    }
+
+    #[test]
     fn backoff_doubles_from_the_base_up_to_the_max() {
         let p = FailoverPolicy::default();
         let ms = |a| p.backoff(a).as_millis();
