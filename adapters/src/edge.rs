@@ -88,12 +88,10 @@ impl EdgeProvider {
             .endpoint
             .as_deref()
             .ok_or_else(|| "no `endpoint` in the catalog".to_owned())?;
-        let token = self.token.as_deref().ok_or_else(|| {
-            format!(
-                "{} (or SANDSTORM_EDGE_TOKEN) is not set",
-                self.token_var
-            )
-        })?;
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| format!("{} (or SANDSTORM_EDGE_TOKEN) is not set", self.token_var))?;
         let api = self
             .api
             .as_ref()
@@ -131,12 +129,12 @@ impl RemoteProvider for EdgeProvider {
         }
         job.validate()
             .map_err(|e| AdapterError::InvalidJob(e.to_string()))?;
-        let (api, endpoint, token) = self.configured().map_err(|reason| {
-            AdapterError::NotConfigured {
-                provider: self.name.into(),
-                reason,
-            }
-        })?;
+        let (api, endpoint, token) =
+            self.configured()
+                .map_err(|reason| AdapterError::NotConfigured {
+                    provider: self.name.into(),
+                    reason,
+                })?;
         let call = Call {
             api: api.clone(),
             base: endpoint.trim_end_matches('/').to_owned(),
@@ -251,8 +249,7 @@ impl Call {
         let mut pause = FIRST_POLL;
         let mut cancel_sent = false;
         loop {
-            if (self.control.is_cancelled() || started.elapsed() > self.deadline) && !cancel_sent
-            {
+            if (self.control.is_cancelled() || started.elapsed() > self.deadline) && !cancel_sent {
                 cancel_sent = true;
                 // 409 means it finished meanwhile: the next poll reads its result.
                 let _ = self

@@ -1,14 +1,17 @@
-//! Helpers shared by the commands: loading inputs with clear errors, availability of local
-//! backends, executing a decision's winner, and printing decisions.
+//! Helpers shared by the commands: loading inputs with clear errors, the executor (local
+//! engine, remote providers, edge agents, breakers), and printing decisions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use sandstorm_features::telemetry::{RunStatus, TelemetryRecord, to_micros};
-use sandstorm_features::{Candidate, Catalog, DecisionContext, ProviderKind, RunRequest};
+use sandstorm_adapters::Providers;
+use sandstorm_executor::{BreakerConfig, Breakers, Executor, FailoverPolicy};
+use sandstorm_features::telemetry::RunStatus;
+use sandstorm_features::{Catalog, RunRequest};
 use sandstorm_router::{Decision, Verdict};
-use sandstorm_runtime::{Engine, JobSpec, RunResult};
+use sandstorm_runtime::Engine;
 
 pub(crate) fn load_catalog(path: Option<&Path>) -> Result<Catalog> {
     match path {
@@ -28,114 +31,26 @@ pub(crate) fn load_request(path: &Path) -> Result<RunRequest> {
         .with_context(|| format!("request {}", path.display()))
 }
 
-/// Why `candidate` cannot run from this host right now, if it cannot.
-pub(crate) fn unavailable_reason(engine: &Engine, candidate: &Candidate) -> Option<String> {
-    match candidate.provider_kind {
-        ProviderKind::Local => match engine.availability().get(&candidate.backend) {
-            Some(a) if a.is_available() => None,
-            Some(sandstorm_runtime::Availability::Unavailable { reason }) => Some(format!(
-                "{} unavailable on this host: {reason}",
-                candidate.backend
-            )),
-            _ => Some(format!(
-                "this build has no local {} backend yet",
-                candidate.backend
-            )),
-        },
-        ProviderKind::Edge => Some("dispatch to edge agents is not implemented yet".to_owned()),
-        // Remote providers are routed; whether they can be executed is reported by `run`.
-        ProviderKind::Remote | ProviderKind::Kubernetes => None,
-    }
+/// The executor of this process: the local engine, every remote provider and the catalog's
+/// edge agents, and the circuit breakers shared with other `sandstorm` processes through
+/// `breaker_state`.
+pub(crate) fn executor(catalog: &Catalog, breaker_state: &Path) -> Executor {
+    Executor::new(
+        Arc::new(Engine::new()),
+        Providers::from_env_and_catalog(catalog),
+        Breakers::with_state_file(BreakerConfig::default(), breaker_state),
+        FailoverPolicy::default(),
+    )
 }
 
-/// The result of trying to execute a decision's winner.
-pub(crate) enum Execution {
-    Ran {
-        result: RunResult,
-        record: Box<TelemetryRecord>,
-    },
-    NotExecutable {
-        reason: String,
-    },
-}
-
-/// Runs the winner when it is local; remote providers are routed but not executable yet.
-pub(crate) fn execute(
-    engine: &Engine,
-    request: &RunRequest,
-    ctx: &DecisionContext,
-    decision: &Decision,
-) -> Result<Execution> {
-    let winner = decision.winner();
-    let candidate = &winner.candidate;
-    if candidate.provider_kind != ProviderKind::Local {
-        return Ok(Execution::NotExecutable {
-            reason: format!(
-                "routed to {} ({}), but executing on {} providers is not available in this build yet",
-                candidate.id,
-                candidate.provider,
-                candidate.provider_kind.as_str()
-            ),
-        });
-    }
-    let backend = engine
-        .backend(candidate.backend)
-        .with_context(|| format!("no local {} backend in this build", candidate.backend))?;
-    let result = backend
-        .run(&JobSpec::from_request(request))
-        .with_context(|| format!("running on {}", candidate.id))?;
-    let record = telemetry_row(request, ctx, decision, &result);
-    Ok(Execution::Ran {
-        result,
-        record: Box::new(record),
-    })
-}
-
-fn telemetry_row(
-    request: &RunRequest,
-    ctx: &DecisionContext,
-    decision: &Decision,
-    result: &RunResult,
-) -> TelemetryRecord {
-    let winner = decision.winner();
-    let candidate = &winner.candidate;
-    let mut r = TelemetryRecord::for_choice(request, candidate, ctx);
-    r.decision_id = decision.decision_id.clone();
-    r.run_id = uuid_like(&decision.decision_id);
-    r.source = "runtime".to_owned();
-    r.n_candidates = decision.n_candidates as u32;
-    r.n_feasible = decision.n_feasible as u32;
-    r.selection_probability = 1.0;
-    r.model_version = Some(decision.model_version.clone());
-    r.policy_versions = decision
-        .policies
-        .iter()
-        .map(|p| format!("{}@{}", p.name, p.version))
-        .collect();
-    if let Some(p) = &winner.prediction {
-        r.pred_latency_p50_ms = Some(p.latency_p50_ms);
-        r.pred_latency_p95_ms = Some(p.latency_p95_ms);
-        r.pred_cost_usd = Some(p.cost_usd);
-        r.pred_failure_prob = Some(p.failure_prob);
-    }
-    r.score = winner.score;
-    r.decision_scores = decision.telemetry_scores();
-    r.status = result.status;
-    r.error_class = result.error_class.clone();
-    r.exit_code = result.exit_code;
-    r.ts_start_us = Some(to_micros(result.started_at));
-    r.ts_end_us = Some(to_micros(result.started_at) + (result.total_ms * 1000.0) as i64);
-    r.queue_ms = 0.0;
-    r.start_ms = result.start_ms;
-    r.exec_ms = result.exec_ms;
-    r.total_latency_ms = result.total_ms;
-    r.peak_memory_mib = result.peak_memory_mib;
-    r.cost_usd = candidate.list_cost_usd(&request.resources, result.total_ms / 1000.0);
-    r
-}
-
-fn uuid_like(decision_id: &str) -> String {
-    format!("{decision_id}-run0")
+/// Where breaker state lives when no path is given: `$XDG_STATE_HOME/sandstorm`, else
+/// `~/.local/state/sandstorm`, else the working directory.
+pub(crate) fn default_breaker_state() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sandstorm").join("breakers.json")
 }
 
 /// Process exit code for a run's status: 0 ok, 3 not executed, 1 otherwise.

@@ -159,3 +159,58 @@ fn print_report(report: &Report) {
         println!("{t}");
     }
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Circuit-breaker state file (default: the one `sandstorm run` and `route` use).
+    #[arg(long, env = "SANDSTORM_BREAKER_STATE")]
+    breaker_state: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sandstorm status`: the circuit breakers (per provider/region) that `run` and `route`
+/// share through their state file.
+pub(crate) fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let path = args
+        .breaker_state
+        .clone()
+        .unwrap_or_else(crate::common::default_breaker_state);
+    let breakers = sandstorm_executor::Breakers::with_state_file(
+        sandstorm_executor::BreakerConfig::default(),
+        &path,
+    );
+    let snapshot = breakers.snapshot();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if snapshot.is_empty() {
+        println!(
+            "no circuit breaker has recorded anything yet ({})",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = table();
+    t.set_header([
+        "provider/region",
+        "state",
+        "consecutive failures",
+        "last error",
+        "next probe",
+    ]);
+    for b in &snapshot {
+        t.add_row([
+            b.key.clone(),
+            b.state.as_str().to_owned(),
+            b.consecutive_failures.to_string(),
+            b.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+            b.next_probe_at.map_or("-".to_owned(), |t| t.to_string()),
+        ]);
+    }
+    println!("{t}");
+    println!("state file: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}

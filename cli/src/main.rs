@@ -72,6 +72,8 @@ enum Command {
     },
     /// Make a new random API key and print it with the SHA-256 the configuration stores.
     ApiKey(serve::ApiKeyArgs),
+    /// Show the circuit breakers (per provider/region) that `run` and `route` share.
+    Status(doctor::StatusArgs),
     /// Serve this host's local runtime to routers elsewhere (an edge agent), authenticated
     /// with a bearer token.
     Agent(serve::AgentArgs),
@@ -101,6 +103,10 @@ struct RoutingArgs {
     /// Public keys whose signatures the router trusts (one hex key per line).
     #[arg(long, env = "SANDSTORM_TRUSTED_KEYS")]
     trusted_keys: Option<PathBuf>,
+    /// Circuit-breaker state shared by `sandstorm` processes (default:
+    /// `$XDG_STATE_HOME/sandstorm/breakers.json` or `~/.local/state/sandstorm/breakers.json`).
+    #[arg(long, env = "SANDSTORM_BREAKER_STATE")]
+    breaker_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
         Command::ApiKey(args) => serve::api_key(&args),
         Command::Doctor(args) => doctor::doctor(&args),
         Command::Agent(args) => serve::agent(&args),
+        Command::Status(args) => doctor::status(&args),
         Command::Telemetry { command } => telemetry::command(command),
     };
     match result {

@@ -9,9 +9,9 @@ use clap::Args;
 use sandstorm_features::telemetry::{RunStatus, TelemetryRecord};
 use sandstorm_features::{Catalog, DecisionContext, RunRequest};
 use sandstorm_router::{ModelSet, Router};
-use sandstorm_runtime::Engine;
+use sandstorm_runtime::RunControl;
 
-use crate::common::{self, Execution};
+use crate::common;
 use crate::run;
 
 /// The example requests shipped in `examples/requests/`.
@@ -107,7 +107,8 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
         EXAMPLES.len()
     );
     let router = Router::new(&catalog, ModelSet::load(&model_dir)?);
-    let engine = Engine::new();
+    let breaker_state = args.dir.join("breakers.json");
+    let executor = common::executor(&catalog, &breaker_state);
     let mut records: Vec<TelemetryRecord> = Vec::new();
     let mut mismatches = Vec::new();
     let mut t = common::table();
@@ -124,7 +125,7 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
         let request = RunRequest::from_yaml(text).with_context(|| format!("example {name}"))?;
         let ctx = DecisionContext::now();
         let decision = router
-            .decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))
+            .decide(&request, &ctx, &|c| executor.unavailable_reason(c))
             .with_context(|| format!("routing {name}"))?;
         let pred = decision
             .winner()
@@ -137,12 +138,14 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
                     common::usd(p.cost_usd)
                 )
             });
-        let (status, actual, output) = match common::execute(&engine, &request, &ctx, &decision)? {
-            Execution::Ran { result, record } => {
+        let execution = executor.execute(&request, &ctx, &decision, &RunControl::new());
+        records.extend(execution.telemetry());
+        let (status, actual, output) = match (execution.ran(), execution.result()) {
+            (Some(ran), Some(result)) => {
                 let actual = format!(
                     "{} / {}",
                     common::ms(result.total_ms),
-                    common::usd(record.cost_usd)
+                    common::usd(ran.record.cost_usd)
                 );
                 let first_line = result
                     .stdout
@@ -152,13 +155,17 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
                     .chars()
                     .take(40)
                     .collect::<String>();
-                records.push(*record);
                 (result.status, actual, first_line)
             }
-            Execution::NotExecutable { .. } => (
+            _ => (
                 RunStatus::NotExecuted,
                 "-".to_owned(),
-                "remote: not executable yet".to_owned(),
+                execution
+                    .error()
+                    .map_or("not executed".to_owned(), ToString::to_string)
+                    .chars()
+                    .take(60)
+                    .collect(),
             ),
         };
         let expected = request

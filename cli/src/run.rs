@@ -5,18 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use sandstorm_executor::{AttemptOutcome, Execution, Executor};
 use sandstorm_features::{DecisionContext, RunRequest};
 use sandstorm_router::{Decision, ModelSet, Router};
-use sandstorm_runtime::Engine;
+use sandstorm_runtime::RunControl;
 
 use crate::RoutingArgs;
-use crate::common::{self, Execution};
+use crate::common;
 
 /// Everything a routing command has after deciding.
 struct Routed {
     request: RunRequest,
     ctx: DecisionContext,
-    engine: Engine,
+    executor: Executor,
     decision: Decision,
 }
 
@@ -30,13 +31,17 @@ fn decide(args: &RoutingArgs) -> Result<Routed> {
             args.trusted_keys.as_deref(),
         )?);
     }
-    let engine = Engine::new();
+    let breaker_state = args
+        .breaker_state
+        .clone()
+        .unwrap_or_else(common::default_breaker_state);
+    let executor = common::executor(&catalog, &breaker_state);
     let ctx = DecisionContext::now();
-    let decision = router.decide(&request, &ctx, &|c| common::unavailable_reason(&engine, c))?;
+    let decision = router.decide(&request, &ctx, &|c| executor.unavailable_reason(c))?;
     Ok(Routed {
         request,
         ctx,
-        engine,
+        executor,
         decision,
     })
 }
@@ -56,50 +61,103 @@ pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One attempt, for `run --json` and the summary line.
+#[derive(Debug, serde::Serialize)]
+struct AttemptView<'a> {
+    attempt: u32,
+    candidate: &'a str,
+    status: &'a str,
+    error_class: Option<&'a str>,
+    error: Option<String>,
+    cost_usd: f64,
+}
+
+fn attempt_views(execution: &Execution) -> Vec<AttemptView<'_>> {
+    execution
+        .attempts
+        .iter()
+        .map(|a| AttemptView {
+            attempt: a.record.attempt,
+            candidate: &a.candidate_id,
+            status: a.record.status.as_str(),
+            error_class: a.record.error_class.as_deref(),
+            error: match &a.outcome {
+                AttemptOutcome::Failed { error, .. } => Some(error.to_string()),
+                AttemptOutcome::Ran { .. } => None,
+            },
+            cost_usd: a.record.cost_usd,
+        })
+        .collect()
+}
+
 pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> {
     let Routed {
         request,
         ctx,
-        engine,
+        executor,
         decision,
     } = decide(args)?;
-    match common::execute(&engine, &request, &ctx, &decision)? {
-        Execution::NotExecutable { reason } => {
-            if args.json {
-                let out = serde_json::json!({"decision": decision, "status": "not_executed", "reason": reason});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!("{}", decision.explanation);
-                println!("not executed: {reason}");
-            }
-            Ok(common::exit_code_for(
-                sandstorm_features::telemetry::RunStatus::NotExecuted,
-            ))
+    let execution = executor.execute(&request, &ctx, &decision, &RunControl::new());
+    let rows = execution.telemetry();
+    let file = if rows.is_empty() {
+        None
+    } else {
+        Some(
+            crate::telemetry::append_now(telemetry_out, &rows)
+                .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?,
+        )
+    };
+    let attempts = attempt_views(&execution);
+    if args.json {
+        let out = serde_json::json!({
+            "decision": decision,
+            "attempts": attempts,
+            "skipped": execution.skipped.iter().map(|s| serde_json::json!({"candidate": s.candidate_id, "reason": s.reason})).collect::<Vec<_>>(),
+            "result": execution.result(),
+            "error": execution.error().map(ToString::to_string),
+            "telemetry_file": file,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for a in attempts.iter().filter(|a| a.error.is_some()) {
+            eprintln!(
+                "[sandstorm] attempt {} on {} failed ({}): {}",
+                a.attempt,
+                a.candidate,
+                a.error_class.unwrap_or("-"),
+                a.error.as_deref().unwrap_or("")
+            );
         }
-        Execution::Ran { result, record } => {
-            let file = crate::telemetry::append_now(telemetry_out, std::slice::from_ref(&*record))
-                .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?;
-            if args.json {
-                let out = serde_json::json!({"decision": decision, "result": result, "telemetry_file": file});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
+        match (execution.ran(), execution.result()) {
+            (Some(ran), Some(result)) => {
                 print!("{}", result.stdout);
                 eprint!("{}", result.stderr);
                 eprintln!(
-                    "[sandstorm] {} on {}: exit {}, {} wall, peak {} MiB; telemetry {}",
+                    "[sandstorm] {} on {}: exit {}, {} wall, peak {} MiB, cost {}; telemetry {}",
                     result.status,
-                    decision.winner,
+                    ran.candidate_id,
                     result.exit_code.map_or("-".to_owned(), |c| c.to_string()),
                     common::ms(result.total_ms),
                     result
                         .peak_memory_mib
                         .map_or("?".to_owned(), |m| format!("{m:.0}")),
-                    file.display()
+                    common::usd(ran.record.cost_usd),
+                    file.as_ref()
+                        .map_or("-".to_owned(), |f| f.display().to_string())
                 );
             }
-            Ok(common::exit_code_for(result.status))
+            _ => {
+                println!("{}", decision.explanation);
+                println!(
+                    "not executed: {}",
+                    execution
+                        .error()
+                        .map_or("no candidate could run it".to_owned(), ToString::to_string)
+                );
+            }
         }
     }
+    Ok(common::exit_code_for(execution.status()))
 }
 
 pub(crate) fn train(telemetry: &Path, out: &Path, json: bool) -> Result<ExitCode> {

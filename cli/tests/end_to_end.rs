@@ -281,7 +281,7 @@ fn sleep_beyond_the_timeout_is_killed_with_timeout_status() {
 }
 
 #[test]
-fn remote_winner_is_routed_but_reported_not_executable() {
+fn providers_without_credentials_are_offered_nowhere() {
     let req = repo("examples/requests/untrusted-microvm.yaml");
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&[
@@ -292,11 +292,13 @@ fn remote_winner_is_routed_but_reported_not_executable() {
         req.to_str().unwrap(),
         "--telemetry-out",
         tmp.path().to_str().unwrap(),
+        "--breaker-state",
+        tmp.path().join("breakers.json").to_str().unwrap(),
     ]);
-    let (out, _) = text(&o);
-    assert_eq!(o.status.code(), Some(3), "{out}");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(
-        out.contains("not executed") && out.contains("not available in this build"),
-        "{out}"
+        err.contains("availability") && err.contains("E2B_API_KEY is not set"),
+        "{err}"
     );
 }

@@ -656,12 +656,22 @@ fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64) -> Stri
     }
 }
 
+/// Distinct reasons quoted per non-numeric binding constraint (availability, policies).
+const QUOTED_REASONS: usize = 3;
+
 fn binding_constraints(filtered: &[CandidateVerdict]) -> Vec<BindingConstraint> {
     let mut by: BTreeMap<String, (usize, Option<f64>)> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in filtered {
-        if let Verdict::Filtered { constraint, .. } = &f.verdict {
+        if let Verdict::Filtered { constraint, reason } = &f.verdict {
             let entry = by.entry(constraint.clone()).or_insert((0, None));
             entry.0 += 1;
+            if constraint == "availability" || constraint.starts_with("policy:") {
+                let quoted = reasons.entry(constraint.clone()).or_default();
+                if quoted.len() < QUOTED_REASONS && !quoted.contains(reason) {
+                    quoted.push(reason.clone());
+                }
+            }
             let value = f
                 .prediction
                 .as_ref()
@@ -678,10 +688,12 @@ fn binding_constraints(filtered: &[CandidateVerdict]) -> Vec<BindingConstraint> 
     let mut out: Vec<BindingConstraint> = by
         .into_iter()
         .map(|(constraint, (removed, best))| {
-            let detail = best.map(|b| match constraint.as_str() {
-                "constraints.max_latency_ms" => format!("best predicted p95 is {b:.0} ms"),
-                _ => format!("cheapest predicted cost is ${b:.8}"),
-            });
+            let detail = best
+                .map(|b| match constraint.as_str() {
+                    "constraints.max_latency_ms" => format!("best predicted p95 is {b:.0} ms"),
+                    _ => format!("cheapest predicted cost is ${b:.8}"),
+                })
+                .or_else(|| reasons.get(&constraint).map(|r| r.join("; ")));
             BindingConstraint {
                 constraint,
                 removed,

@@ -121,16 +121,14 @@ fn not_in_this_engine(kind: IsolationBackend) -> Option<String> {
                     "{r} is installed, but rootless containers need the unified cgroup v2 \
                      hierarchy with delegation and this host has cgroup v1 or a hybrid hierarchy"
                 ),
-                (Some(r), true) => format!(
-                    "{r} is installed, but this engine has no rootless OCI runner yet"
-                ),
+                (Some(r), true) => {
+                    format!("{r} is installed, but this engine has no rootless OCI runner yet")
+                }
             })
         }
         IsolationBackend::Microvm => Some(
             "this engine has no local microVM runner (microVMs run on remote providers)".to_owned(),
         ),
-        IsolationBackend::Process | IsolationBackend::Bubblewrap | IsolationBackend::Gvisor => {
-            None
-        }
+        IsolationBackend::Process | IsolationBackend::Bubblewrap | IsolationBackend::Gvisor => None,
     }
 }

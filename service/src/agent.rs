@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
-use crate::runs::{Run, RunRegistry, RunState, RunView};
+use crate::runs::{Registry, Run, RunState, RunView};
 use crate::{ServiceError, core, input};
 
 /// Tenant name of every run an agent holds (the router that dispatched it owns it).
@@ -75,7 +75,7 @@ struct AgentState {
     region: String,
     token_sha256: [u8; 32],
     engine: Arc<Engine>,
-    runs: RunRegistry,
+    runs: Registry,
     tracker: TaskTracker,
 }
 
@@ -111,7 +111,7 @@ impl Agent {
                 region: config.region,
                 token_sha256: Sha256::digest(config.token.trim().as_bytes()).into(),
                 engine: Arc::new(engine),
-                runs: RunRegistry::new(config.max_retained_runs),
+                runs: Registry::new(config.max_retained_runs),
                 tracker: TaskTracker::new(),
             }),
             listener,

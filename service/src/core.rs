@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use sandstorm_adapters::Providers;
+use sandstorm_executor::{BreakerConfig, Breakers, Executor, FailoverPolicy};
 use sandstorm_features::telemetry::{TelemetryRecord, to_micros};
-use sandstorm_features::{Candidate, Catalog, DecisionContext, ProviderKind, RunRequest};
+use sandstorm_features::{Candidate, Catalog, DecisionContext, RunRequest};
 use sandstorm_router::{Decision, ModelSet, Router, Scratch};
-use sandstorm_runtime::{Availability, Engine, JobSpec, RunResult};
+use sandstorm_runtime::{Availability, Engine};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +35,8 @@ pub struct Core {
     router: RwLock<Arc<Router>>,
     catalog: Catalog,
     models_dir: PathBuf,
-    engine: Engine,
+    /// Runs decisions: local engine, remote providers, edge agents, failover, breakers.
+    executor: Executor,
     pub(crate) runs: Registry,
     /// The one writer of this service's telemetry (write-ahead log, then Parquet).
     telemetry: Option<sandstorm_datasets::TelemetryWriter>,
@@ -67,11 +70,21 @@ impl Core {
         for (backend, availability) in engine.availability() {
             tracing::info!(%backend, %availability, "local backend");
         }
+        let providers = Providers::from_env_and_catalog(&catalog);
+        for (provider, availability) in providers.availability() {
+            tracing::info!(%provider, %availability, "remote provider");
+        }
+        let executor = Executor::new(
+            Arc::new(engine),
+            providers,
+            Breakers::new(BreakerConfig::default()),
+            FailoverPolicy::default(),
+        );
         Ok(Self {
             router: RwLock::new(Arc::new(router)),
             catalog,
             models_dir: config.models_dir.clone(),
-            engine,
+            executor,
             runs: Registry::new(config.max_retained_runs),
             telemetry,
             tracker: TaskTracker::new(),
@@ -92,7 +105,7 @@ impl Core {
     pub fn availability(
         &self,
     ) -> &std::collections::BTreeMap<sandstorm_features::IsolationBackend, Availability> {
-        self.engine.availability()
+        self.executor.engine().availability()
     }
 
     /// Loads the model directory again and swaps it in; decisions in flight finish with the
@@ -106,24 +119,10 @@ impl Core {
         Ok(version)
     }
 
-    /// Why `candidate` cannot run from this host right now, if it cannot.
+    /// Why `candidate` cannot run from this host right now, if it cannot: a local backend
+    /// that does not work here, a provider without credentials, an open circuit breaker.
     pub fn unavailable_reason(&self, candidate: &Candidate) -> Option<String> {
-        match candidate.provider_kind {
-            ProviderKind::Local => match self.engine.availability().get(&candidate.backend) {
-                Some(a) if a.is_available() => None,
-                Some(Availability::Unavailable { reason }) => Some(format!(
-                    "{} unavailable on this host: {reason}",
-                    candidate.backend
-                )),
-                _ => Some(format!(
-                    "this build has no local {} backend yet",
-                    candidate.backend
-                )),
-            },
-            ProviderKind::Edge => Some("dispatch to edge agents is not implemented yet".to_owned()),
-            // Remote providers are routed; executing them needs their adapters.
-            ProviderKind::Remote | ProviderKind::Kubernetes => None,
-        }
+        self.executor.unavailable_reason(candidate)
     }
 
     /// Decides where `request` runs, recording metrics and the decision id on the span.
@@ -165,24 +164,17 @@ impl Core {
         }
     }
 
-    /// Checks that the winner of `decision` can execute here.
+    /// Checks that the winner of `decision` can still execute here (its provider or breaker
+    /// may have changed since the decision).
     pub(crate) fn check_executable(&self, decision: &Decision) -> Result<(), ApiError> {
         let candidate = &decision.winner().candidate;
-        if candidate.provider_kind == ProviderKind::Local
-            && self.engine.backend(candidate.backend).is_some()
-        {
-            return Ok(());
+        match self.executor.unavailable_reason(candidate) {
+            None => Ok(()),
+            Some(reason) => Err(ApiError::NotExecutable {
+                message: format!("routed to {}, which cannot run now: {reason}", candidate.id),
+                decision_id: decision.decision_id.clone(),
+            }),
         }
-        Err(ApiError::NotExecutable {
-            message: format!(
-                "routed to {} ({} provider `{}`), but executing on {} providers needs their adapters, which this build does not have yet; constrain the request to local candidates (`constraints.allowed_providers: [\"local\"]`) to run it here",
-                candidate.id,
-                candidate.provider_kind.as_str(),
-                candidate.provider,
-                candidate.provider_kind.as_str()
-            ),
-            decision_id: decision.decision_id.clone(),
-        })
     }
 
     /// Whether new runs are refused because the service is shutting down.
@@ -223,31 +215,22 @@ impl Core {
         Ok(run)
     }
 
-    /// Runs the winner (blocking) and records the outcome.
+    /// Runs the decision (blocking): the winner, then its fallbacks on retryable failures,
+    /// and records every attempt's telemetry.
     fn execute(&self, run: &Run, request: &RunRequest, ctx: &DecisionContext, decision: &Decision) {
         if run.state().is_final() {
             return; // cancelled while queued
         }
-        let candidate = &decision.winner().candidate;
-        let Some(backend) = self.engine.backend(candidate.backend) else {
-            run.finish(
-                RunState::Error,
-                None,
-                Some(format!(
-                    "no local {} backend in this build",
-                    candidate.backend
-                )),
-                None,
-            );
-            return;
-        };
         run.set_state(RunState::Running);
-        let outcome = backend.run_controlled(&JobSpec::from_request(request), &run.control);
-        match outcome {
-            Ok(result) => {
-                let cancelled = run.control.is_cancelled()
-                    && result.error_class.as_deref() == Some("cancelled");
-                let state = if cancelled {
+        let execution = self.executor.execute(request, ctx, decision, &run.control);
+        let file = self.append_telemetry(run, execution.telemetry());
+        let backend = execution
+            .ran()
+            .map(|a| a.record.backend.clone())
+            .unwrap_or_default();
+        match (execution.ran(), execution.result()) {
+            (Some(attempt), Some(result)) => {
+                let state = if attempt.cancelled {
                     RunState::Cancelled
                 } else {
                     RunState::Completed
@@ -255,45 +238,52 @@ impl Core {
                 metrics::counter!(obs::RUNS,
                     "state" => state.as_str(),
                     "status" => result.status.as_str(),
-                    "backend" => candidate.backend.as_str())
+                    "backend" => backend)
                 .increment(1);
-                // A cancelled run says nothing about the candidate: no telemetry row.
-                let file = if cancelled {
-                    None
-                } else {
-                    self.append_telemetry(run, request, ctx, decision, &result)
-                };
-                tracing::info!(status = %result.status, exit_code = ?result.exit_code, state = state.as_str(), "run finished");
-                run.finish(state, Some(result), None, file);
+                tracing::info!(candidate = %attempt.candidate_id, status = %result.status,
+                    exit_code = ?result.exit_code, state = state.as_str(), "run finished");
+                run.finish(state, Some(result.clone()), None, file);
             }
-            Err(e) => {
-                metrics::counter!(obs::RUNS,
-                    "state" => RunState::Error.as_str(),
-                    "status" => "not_executed",
-                    "backend" => candidate.backend.as_str())
-                .increment(1);
-                if e.is_user_error() {
-                    tracing::info!(error = %e, "run refused");
+            _ => {
+                let error = execution
+                    .error()
+                    .map_or("no candidate could run it".to_owned(), ToString::to_string);
+                let state = if run.control.is_cancelled() {
+                    RunState::Cancelled
                 } else {
-                    tracing::error!(error = %e, "run could not start");
-                }
-                run.finish(RunState::Error, None, Some(e.to_string()), None);
+                    RunState::Error
+                };
+                metrics::counter!(obs::RUNS,
+                    "state" => state.as_str(),
+                    "status" => "not_executed",
+                    "backend" => backend)
+                .increment(1);
+                tracing::warn!(
+                    error,
+                    attempts = execution.attempts.len(),
+                    "run could not execute"
+                );
+                run.finish(state, None, Some(error), file);
             }
         }
     }
 
-    fn append_telemetry(
-        &self,
-        run: &Run,
-        request: &RunRequest,
-        ctx: &DecisionContext,
-        decision: &Decision,
-        result: &RunResult,
-    ) -> Option<String> {
+    /// Appends the attempts' rows (the run's id on each, `source` = `service`); returns the
+    /// write-ahead segment that holds them.
+    fn append_telemetry(&self, run: &Run, mut rows: Vec<TelemetryRecord>) -> Option<String> {
         let writer = self.telemetry.as_ref()?;
-        let mut record = telemetry_record(run.id(), request, ctx, decision, result);
-        record.queue_ms = ((result.started_at - run.created_at).as_seconds_f64() * 1000.0).max(0.0);
-        match writer.append(&record) {
+        if rows.is_empty() {
+            return None;
+        }
+        for row in &mut rows {
+            row.run_id = run.id().to_owned();
+            row.source = "service".to_owned();
+            if let Some(start) = row.ts_start_us {
+                let created = to_micros(run.created_at);
+                row.queue_ms = ((start - created) as f64 / 1000.0).max(0.0);
+            }
+        }
+        match writer.append_all(&rows) {
             Ok(ack) => Some(ack.segment.display().to_string()),
             Err(e) => {
                 let dir = writer.root();
@@ -344,43 +334,4 @@ pub(crate) fn cancel(run: &Run) {
     if run.state() == RunState::Queued {
         run.finish(RunState::Cancelled, None, None, None);
     }
-}
-
-/// The telemetry row of one executed run.
-pub(crate) fn telemetry_record(
-    run_id: &str,
-    request: &RunRequest,
-    ctx: &DecisionContext,
-    decision: &Decision,
-    result: &RunResult,
-) -> TelemetryRecord {
-    let winner = decision.winner();
-    let candidate = &winner.candidate;
-    let mut r = TelemetryRecord::for_choice(request, candidate, ctx);
-    r.decision_id = decision.decision_id.clone();
-    r.run_id = run_id.to_owned();
-    r.source = "service".to_owned();
-    r.n_candidates = decision.n_candidates as u32;
-    r.n_feasible = decision.n_feasible as u32;
-    r.selection_probability = 1.0;
-    r.model_version = Some(decision.model_version.clone());
-    if let Some(p) = &winner.prediction {
-        r.pred_latency_p50_ms = Some(p.latency_p50_ms);
-        r.pred_latency_p95_ms = Some(p.latency_p95_ms);
-        r.pred_cost_usd = Some(p.cost_usd);
-        r.pred_failure_prob = Some(p.failure_prob);
-    }
-    r.score = winner.score;
-    r.decision_scores = decision.telemetry_scores();
-    r.status = result.status;
-    r.error_class = result.error_class.clone();
-    r.exit_code = result.exit_code;
-    r.ts_start_us = Some(to_micros(result.started_at));
-    r.ts_end_us = Some(to_micros(result.started_at) + (result.total_ms * 1000.0) as i64);
-    r.start_ms = result.start_ms;
-    r.exec_ms = result.exec_ms;
-    r.total_latency_ms = result.total_ms;
-    r.peak_memory_mib = result.peak_memory_mib;
-    r.cost_usd = candidate.list_cost_usd(&request.resources, result.total_ms / 1000.0);
-    r
 }

@@ -40,7 +40,6 @@ pub use agent::{Agent, AgentConfig};
 pub use api::ApiDoc;
 pub use config::{ApiKey, Config, Limits, Scope, TenantLimits, hash_api_key};
 pub use core::Core;
-pub use obs::{BreakerState, record_breaker_state};
 pub use policies::{NoPolicies, PolicyInfo, PolicyRegistry};
 pub use runs::{LogEvent, Run, RunState, RunView};
 

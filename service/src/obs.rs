@@ -8,7 +8,8 @@
 //! - `decide_duration_seconds`: whole decisions (enumerate, filter, predict, rank);
 //! - `policy_duration_seconds`, `policy_errors_total`: policy evaluation (no policies yet);
 //! - `runs_total{state, status, backend}`, `runs_in_flight`;
-//! - `breaker_state{candidate}`: 0 closed, 1 half-open, 2 open (set by [`record_breaker_state`]);
+//! - `breaker_state{breaker}`: 0 closed, 1 half-open, 2 open, per provider/region (set by
+//!   `sandstorm_executor`'s breakers whenever one changes);
 //! - `rate_limited_total{kind}`: 429 answers, `kind` = `rate` or `concurrency`;
 //! - `http_requests_total{method, route, status}`, `http_request_duration_seconds{route}`.
 
@@ -38,24 +39,6 @@ const BUCKETS: [f64; 14] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
     0.25, 1.0, 10.0,
 ];
-
-/// A circuit breaker's state, for [`record_breaker_state`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    Closed,
-    HalfOpen,
-    Open,
-}
-
-/// The hook for circuit breakers (their own issue): publishes a candidate's breaker state.
-pub fn record_breaker_state(candidate: &str, state: BreakerState) {
-    let value = match state {
-        BreakerState::Closed => 0.0,
-        BreakerState::HalfOpen => 1.0,
-        BreakerState::Open => 2.0,
-    };
-    metrics::gauge!(BREAKER_STATE, "candidate" => candidate.to_owned()).set(value);
-}
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub(crate) fn prometheus() -> &'static PrometheusHandle {

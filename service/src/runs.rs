@@ -376,6 +376,51 @@ impl Registry {
     }
 }
 
+/// The run's log as server-sent events: every past event, then live ones, ending after the
+/// final state. A listener too slow for the live stream gets one `lagged` event.
+pub(crate) fn sse_logs(
+    run: &Run,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
+    + use<>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let (past, rx, finished) = run.subscribe();
+    let stream = futures_util::stream::unfold(
+        (past.into_iter(), rx, finished, false),
+        |(mut past, mut rx, finished, mut ended)| async move {
+            if ended {
+                return None;
+            }
+            let event = match past.next() {
+                Some(e) => e,
+                None if finished => return None,
+                None => match rx.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => LogEvent {
+                        seq: u64::MAX,
+                        kind: "lagged",
+                        data: format!("{n} events were dropped for this slow listener"),
+                    },
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            if event.kind == "state"
+                && matches!(event.data.as_str(), "completed" | "cancelled" | "error")
+            {
+                ended = true;
+            }
+            let mut sse = Event::default().event(event.kind).data(event.data);
+            if event.seq != u64::MAX {
+                sse = sse.id(event.seq.to_string());
+            }
+            Some((Ok(sse), (past, rx, finished, ended)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,48 +474,4 @@ mod tests {
         assert!(reg.get(&id_running, None).is_some());
         assert_eq!(reg.list(Some("a")).len(), 2);
     }
-}
-
-/// The run's log as server-sent events: every past event, then live ones, ending after the
-/// final state. A listener too slow for the live stream gets one `lagged` event.
-pub(crate) fn sse_logs(
-    run: &Run,
-) -> axum::response::sse::Sse<
-    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-    let (past, rx, finished) = run.subscribe();
-    let stream = futures_util::stream::unfold(
-        (past.into_iter(), rx, finished, false),
-        |(mut past, mut rx, finished, mut ended)| async move {
-            if ended {
-                return None;
-            }
-            let event = match past.next() {
-                Some(e) => e,
-                None if finished => return None,
-                None => match rx.recv().await {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(n)) => LogEvent {
-                        seq: u64::MAX,
-                        kind: "lagged",
-                        data: format!("{n} events were dropped for this slow listener"),
-                    },
-                    Err(RecvError::Closed) => return None,
-                },
-            };
-            if event.kind == "state"
-                && matches!(event.data.as_str(), "completed" | "cancelled" | "error")
-            {
-                ended = true;
-            }
-            let mut sse = Event::default().event(event.kind).data(event.data);
-            if event.seq != u64::MAX {
-                sse = sse.id(event.seq.to_string());
-            }
-            Some((Ok(sse), (past, rx, finished, ended)))
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -396,19 +396,18 @@ async fn malformed_input_is_a_4xx_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_winner_is_routed_but_not_executed() {
+async fn providers_without_credentials_are_offered_nowhere() {
     let s = TestServer::start().await;
     let mut req = hello();
+    // Only remote micro-VM providers qualify, and none has credentials in tests.
     req["constraints"] = json!({"min_isolation": "microvm"});
-    let r = s.post_json("/v1/route", ACME, &req).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(!r.json()["winner"].as_str().unwrap().starts_with("local/"));
-    let r = s.post_json("/v1/runs", ACME, &req).await;
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(r.code(), "not_executable");
-    assert!(r.message().contains("adapters"), "{}", r.text());
-    assert!(r.message().contains("allowed_providers"), "{}", r.text());
-    assert!(r.json()["error"]["decision_id"].as_str().is_some());
+    for path in ["/v1/route", "/v1/runs"] {
+        let r = s.post_json(path, ACME, &req).await;
+        assert_eq!(r.status, 422, "{path}: {}", r.text());
+        assert_eq!(r.code(), "no_feasible_candidate", "{}", r.text());
+        assert!(r.text().contains("availability"), "{}", r.text());
+        assert!(r.text().contains("is not set"), "{}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

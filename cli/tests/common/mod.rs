@@ -13,8 +13,26 @@ pub(crate) fn bin() -> Command {
         .env_remove("SANDSTORM_CATALOG")
         .env_remove("SANDSTORM_TELEMETRY")
         .env_remove("SANDSTORM_POLICIES")
-        .env_remove("SANDSTORM_TRUSTED_KEYS");
+        .env_remove("SANDSTORM_TRUSTED_KEYS")
+        .env_remove("SANDSTORM_BREAKER_STATE")
+        .env_remove("SANDSTORM_EDGE_TOKEN")
+        // Breaker state of this test binary only, never the user's.
+        .env("XDG_STATE_HOME", state_home());
+    for provider_key in [
+        "E2B_API_KEY",
+        "DAYTONA_API_KEY",
+        "MORPH_API_KEY",
+        "KUBECONFIG",
+    ] {
+        c.env_remove(provider_key);
+    }
     c
+}
+
+fn state_home() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("state dir"))
+        .path()
 }
 
 pub(crate) fn repo(path: &str) -> PathBuf {
