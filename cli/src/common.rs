@@ -34,11 +34,15 @@ pub(crate) fn load_request(path: &Path) -> Result<RunRequest> {
 /// The executor of this process: the local engine, every remote provider and the catalog's
 /// edge agents, and the circuit breakers shared with other `sandstorm` processes through
 /// `breaker_state`.
-pub(crate) fn executor(catalog: &Catalog, breaker_state: &Path) -> Executor {
+pub(crate) fn executor(
+    catalog: &Catalog,
+    breaker_state: &Path,
+    breakers: BreakerConfig,
+) -> Executor {
     Executor::new(
         Arc::new(Engine::new()),
         Providers::from_env_and_catalog(catalog),
-        Breakers::with_state_file(BreakerConfig::default(), breaker_state),
+        Breakers::with_state_file(breakers, breaker_state),
         FailoverPolicy::default(),
     )
 }

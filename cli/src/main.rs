@@ -107,6 +107,12 @@ struct RoutingArgs {
     /// `$XDG_STATE_HOME/sandstorm/breakers.json` or `~/.local/state/sandstorm/breakers.json`).
     #[arg(long, env = "SANDSTORM_BREAKER_STATE")]
     breaker_state: Option<PathBuf>,
+    /// Consecutive infrastructure failures that open a provider/region's circuit breaker.
+    #[arg(long, env = "SANDSTORM_BREAKER_THRESHOLD", default_value_t = 3)]
+    breaker_threshold: u32,
+    /// Seconds an open breaker waits before letting one probe through.
+    #[arg(long, env = "SANDSTORM_BREAKER_COOLDOWN_S", default_value_t = 30.0)]
+    breaker_cooldown_s: f64,
 }
 
 #[derive(Debug, Args)]

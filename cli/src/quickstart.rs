@@ -108,7 +108,11 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
     );
     let router = Router::new(&catalog, ModelSet::load(&model_dir)?);
     let breaker_state = args.dir.join("breakers.json");
-    let executor = common::executor(&catalog, &breaker_state);
+    let executor = common::executor(
+        &catalog,
+        &breaker_state,
+        sandstorm_executor::BreakerConfig::default(),
+    );
     let mut records: Vec<TelemetryRecord> = Vec::new();
     let mut mismatches = Vec::new();
     let mut t = common::table();

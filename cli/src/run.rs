@@ -35,7 +35,12 @@ fn decide(args: &RoutingArgs) -> Result<Routed> {
         .breaker_state
         .clone()
         .unwrap_or_else(common::default_breaker_state);
-    let executor = common::executor(&catalog, &breaker_state);
+    let breakers = sandstorm_executor::BreakerConfig {
+        failure_threshold: args.breaker_threshold.max(1),
+        cooldown: std::time::Duration::try_from_secs_f64(args.breaker_cooldown_s)
+            .context("--breaker-cooldown-s must be a non-negative number of seconds")?,
+    };
+    let executor = common::executor(&catalog, &breaker_state, breakers);
     let ctx = DecisionContext::now();
     let decision = router.decide(&request, &ctx, &|c| executor.unavailable_reason(c))?;
     Ok(Routed {

@@ -199,3 +199,109 @@ fn jobs_routed_to_edge_agents_run_there_and_telemetry_names_the_agent() {
     let health = "GET /v1/agent/health HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n";
     assert_eq!(status_of(&fra.addr, health), 200);
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn an_unreachable_agent_opens_its_breaker_and_recovers_after_the_cooldown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let fra_addr = format!("127.0.0.1:{}", free_port());
+    let par_addr = format!("127.0.0.1:{}", free_port());
+    let catalog_file = tmp.path().join("catalog.toml");
+    std::fs::write(&catalog_file, catalog(&fra_addr, &par_addr)).unwrap();
+    let state = tmp.path().join("breakers.json");
+    let req = request(tmp.path(), "fra", "edge-fra");
+    let sandstorm = |command: &str| {
+        let mut args = vec![
+            command,
+            "--models",
+            models().to_str().unwrap(),
+            "--catalog",
+            catalog_file.to_str().unwrap(),
+            "--request",
+            req.to_str().unwrap(),
+            "--breaker-state",
+            state.to_str().unwrap(),
+            "--breaker-threshold",
+            "2",
+            "--breaker-cooldown-s",
+            "2",
+        ];
+        let telemetry = tmp.path().join("telemetry");
+        if command == "run" {
+            args.extend(["--telemetry-out", telemetry.to_str().unwrap()]);
+        }
+        let o = bin()
+            .env("SANDSTORM_EDGE_TOKEN", TOKEN)
+            .args(&args)
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        (o.status.success(), out, err)
+    };
+    // Nothing listens: each run's only candidate fails to connect (retryable, no fallback).
+    for _ in 0..2 {
+        let (ok, out, err) = sandstorm("run");
+        assert!(!ok, "{out}{err}");
+        assert!(err.contains("attempt 0 on edge-fra"), "{err}");
+    }
+    let (ok, out, err) = sandstorm("route");
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("circuit open for edge-fra/eu-central"),
+        "{err}"
+    );
+    let o = bin()
+        .args(["status", "--breaker-state", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("edge-fra/eu-central") && out.contains("open"),
+        "{out}"
+    );
+
+    // The agent comes up; after the cooldown one probe goes through, succeeds, and closes it.
+    let _agent = {
+        let mut child = bin()
+            .args([
+                "agent",
+                "--listen",
+                &fra_addr,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--name",
+                "edge-fra",
+                "--region",
+                "eu-central",
+                "--gvisor-pool",
+                "0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
+            "the agent did not start"
+        );
+        std::thread::spawn(move || for _ in lines {});
+        AgentProcess {
+            child,
+            addr: fra_addr.clone(),
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (ok, out, err) = sandstorm("run");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("hi from edge-fra"), "{out}");
+    let (ok, out, err) = sandstorm("route");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("edge-fra/bubblewrap/eu-central"), "{out}");
+}

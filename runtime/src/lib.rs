@@ -2,12 +2,27 @@
 //!
 //! # Tiers
 //!
-//! | backend      | isolation level | what separates the job from the host                  |
-//! |--------------|-----------------|--------------------------------------------------------|
-//! | `process`    | process         | rlimits, own session/process group, clean environment  |
-//! | `bubblewrap` | namespace       | all of the above inside `bwrap` namespaces              |
+//! | backend      | isolation level | what separates the job from the host                       |
+//! |--------------|-----------------|-------------------------------------------------------------|
+//! | `process`    | process         | rlimits, own session/process group, clean environment, user `nobody` (when the engine is root), seccomp, Landlock, control group |
+//! | `bubblewrap` | namespace       | all of the above (but Landlock) inside `bwrap` namespaces    |
+//! | `gvisor`     | gvisor          | a gVisor sandbox per job (`runsc`, ptrace platform) from a warm pool, user `nobody` inside, the same seccomp policy installed by gVisor |
 //!
-//! Both run the job in a fresh temporary directory holding the request's files (and
+//! Every tier's promise is attacked by `tests/probes.rs` (the security probe suite) and
+//! `sandstorm doctor` lists what works on this host ([`Engine::availability`], [`host_facts`]).
+//! Rootless OCI and local microVMs have no runner in this engine; the engine reports them
+//! unavailable with the reason.
+//!
+//! Hardening shared by `process` and `bubblewrap` (see `harden` and `cgroup`): a seccomp
+//! filter compiled once per engine (no ptrace, `process_vm_*`, io_uring, mount, namespaces,
+//! kernel-module or keyring calls; no sockets but `AF_UNIX` when the network is not allowed),
+//! `no_new_privs`, and a control group per job with `pids.max` and a memory limit (cgroup v2,
+//! or v1/hybrid hierarchies; an OOM kill is reported as `oom` / `memory_cgroup_oom`). The
+//! process tier adds Landlock (read-only host programs and libraries, read-write job
+//! directory, nothing else; signals and abstract sockets scoped to the job) and, when the
+//! engine runs as root, drops to `nobody`.
+//!
+//! `process` and `bubblewrap` run the job in a fresh temporary directory holding the request's files (and
 //! `main.<ext>` for inline code, run with the language's interpreter; a `command` runs with
 //! `/bin/sh -c`), and share one supervisor (`supervise`), so the following holds for both:
 //!
@@ -44,11 +59,12 @@
 //! [`Backend::run_controlled`] to cancel it (the same group kill as the wall-clock limit; the
 //! run reports `failed` / `cancelled`) and to observe its output while it is produced.
 //!
-//! Not enforced by either: network for `process` (the router knows, see
-//! `IsolationBackend::can_block_network`); the number of processes (`RLIMIT_NPROC` counts
-//! per user across the host, and root ignores it); processes of a `process` job that call
-//! `setsid` themselves escape the group kill; a `process` job running as root keeps its
-//! capabilities and can raise its own rlimits.
+//! Not enforced: total disk use of the job directory (only per-file size); on hosts without
+//! writable control groups, the process count and the whole-job memory (the run's
+//! `enforced_limits` says `cgroup=unavailable`); a `process` job's `AF_UNIX` sockets can reach
+//! host daemons' sockets its user may open. The router still never offers `process` to
+//! requests without network (`IsolationBackend::can_block_network`), although the seccomp
+//! filter now refuses their sockets too.
 
 mod bubblewrap;
 mod cgroup;
