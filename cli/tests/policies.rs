@@ -108,11 +108,28 @@ fn publish(dir: &Path, key: &Path, registry: &Path, extra: &[&str]) -> Output {
 }
 
 /// Route `request` as JSON with `extra` arguments.
+/// `sandstorm route` with E2B and Daytona configured (routing only: nothing is executed, so
+/// the keys are never sent), so that their EU and US regions compete.
+fn route_remote(request: &Path, extra: &[&str]) -> Output {
+    bin()
+        .env("E2B_API_KEY", "test-key-not-used")
+        .env("DAYTONA_API_KEY", "test-key-not-used")
+        .args([
+            "route",
+            "--models",
+            models().to_str().unwrap(),
+            "--request",
+            request.to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .expect("spawn sandstorm")
+}
+
 fn route_json(request: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
-    let o = route_with_models(request, &args);
-    serde_json::from_str(&ok(&o)).unwrap()
+    serde_json::from_str(&ok(&route_remote(request, &args))).unwrap()
 }
 
 fn area_of(decision: &Value) -> String {
@@ -192,7 +209,7 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
     );
 
     // Without trusted keys the router refuses to load policies at all.
-    let o = route_with_models(&request, &["--policies", s(&registry)]);
+    let o = route_remote(&request, &["--policies", s(&registry)]);
     assert!(text(&o).1.contains("--trusted-keys"), "{:?}", text(&o));
 
     // A tampered module is refused with a warning; routing goes on without the policy.
@@ -201,7 +218,7 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&module, bytes).unwrap();
-    let o = route_with_models(
+    let o = route_remote(
         &request,
         &[
             "--json",
