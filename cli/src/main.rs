@@ -5,6 +5,7 @@
 mod common;
 mod eval;
 mod eval_cmd;
+mod models;
 mod policy;
 mod quickstart;
 mod report;
@@ -64,6 +65,11 @@ enum Command {
     Mcp(serve::McpArgs),
     /// Make a new random API key and print it with the SHA-256 the configuration stores.
     ApiKey(serve::ApiKeyArgs),
+    /// The model registry: list versions, promote a challenger, roll back the champion.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
 }
 
 /// Options shared by commands that route.
@@ -119,6 +125,8 @@ struct TrainArgs {
     /// Print the metadata as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tuning: models::TrainTuning,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,7 +178,7 @@ fn main() -> ExitCode {
         Command::Route(args) => run::route(&args.routing),
         Command::Run(args) => run::run(&args.routing, &args.telemetry_out),
         Command::Quickstart(args) => quickstart::quickstart(&args),
-        Command::Train(args) => run::train(&args.telemetry, &args.out, args.json),
+        Command::Train(args) => models::train(&args.telemetry, &args.out, args.json, &args.tuning),
         Command::Datasets {
             command:
                 DatasetsCommand::Generate {
@@ -191,6 +199,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Mcp(args) => serve::mcp(&args),
         Command::ApiKey(args) => serve::api_key(&args),
+        Command::Models { command } => models::command(command),
     };
     match result {
         Ok(code) => code,
