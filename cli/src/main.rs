@@ -7,6 +7,7 @@ mod common;
 mod doctor;
 mod eval;
 mod eval_cmd;
+mod models;
 mod policy;
 mod quickstart;
 mod report;
@@ -80,6 +81,11 @@ enum Command {
     /// Check what this host can run: local isolation tiers (probed with a real job), kernel
     /// confinement, edge agents.
     Doctor(doctor::DoctorArgs),
+    /// The model registry: list versions, promote a challenger, roll back the champion.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
 }
 
 /// Options shared by commands that route.
@@ -145,6 +151,8 @@ struct TrainArgs {
     /// Print the metadata as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tuning: models::TrainTuning,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,7 +204,7 @@ fn main() -> ExitCode {
         Command::Route(args) => run::route(&args.routing),
         Command::Run(args) => run::run(&args.routing, &args.telemetry_out),
         Command::Quickstart(args) => quickstart::quickstart(&args),
-        Command::Train(args) => run::train(&args.telemetry, &args.out, args.json),
+        Command::Train(args) => models::train(&args.telemetry, &args.out, args.json, &args.tuning),
         Command::Datasets {
             command:
                 DatasetsCommand::Generate {
@@ -221,6 +229,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => serve::agent(&args),
         Command::Status(args) => doctor::status(&args),
         Command::Telemetry { command } => telemetry::command(command),
+        Command::Models { command } => models::command(command),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! The `route`, `run`, `train`, `datasets generate` and `catalog` commands.
+//! The `route`, `run`, `datasets generate` and `catalog` commands (and `print_metrics` of `train`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -163,25 +163,6 @@ pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> 
         }
     }
     Ok(common::exit_code_for(execution.status()))
-}
-
-pub(crate) fn train(telemetry: &Path, out: &Path, json: bool) -> Result<ExitCode> {
-    let spinner = spinner("training latency, cost and failure models");
-    let report =
-        sandstorm_trainer::train(telemetry, out, &sandstorm_trainer::TrainConfig::default());
-    spinner.finish_and_clear();
-    let report = report?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report.metadata)?);
-    } else {
-        print_metrics(&report.metadata);
-        println!(
-            "model {} written to {}",
-            report.metadata.version,
-            out.display()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn print_metrics(meta: &sandstorm_features::model::ModelMetadata) {

@@ -24,6 +24,37 @@ use crate::obs;
 use crate::policies::{NoPolicies, PolicyRegistry};
 use crate::runs::{Registry, Run, RunState};
 
+/// The champion pointer of a model registry (`sandstorm models`, `docs/training.md`): one
+/// line, the champion's version, a directory next to the pointer.
+pub const CHAMPION_FILE: &str = "champion";
+
+/// The model directory to load: `dir`, or `dir/<champion>` when `dir` is a model registry.
+pub fn resolve_models_dir(dir: &Path) -> Result<PathBuf, ServiceError> {
+    let pointer = dir.join(CHAMPION_FILE);
+    match std::fs::read_to_string(&pointer) {
+        Ok(text) => {
+            let version = text.trim();
+            let valid = !version.is_empty()
+                && !version.starts_with('.')
+                && version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ServiceError::Config(format!(
+                    "{} does not name a version: {text:?}",
+                    pointer.display()
+                )));
+            }
+            Ok(dir.join(version))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(e) => Err(ServiceError::Config(format!(
+            "cannot read {}: {e}",
+            pointer.display()
+        ))),
+    }
+}
+
 thread_local! {
     /// Each thread's scoring buffers (`Router::decide_with`): no lock, no allocation once grown.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
@@ -57,7 +88,7 @@ impl Core {
                 Catalog::from_toml(&text)?
             }
         };
-        let models = ModelSet::load(&config.models_dir)?;
+        let models = ModelSet::load(&resolve_models_dir(&config.models_dir)?)?;
         let router = Router::new(&catalog, models);
         let telemetry = match &config.telemetry_dir {
             None => None,
@@ -108,15 +139,52 @@ impl Core {
         self.executor.engine().availability()
     }
 
-    /// Loads the model directory again and swaps it in; decisions in flight finish with the
-    /// old models. Blocking (reads files).
+    /// Loads the model directory again (the registry's current champion when `models_dir` is
+    /// a model registry) and swaps it in; decisions in flight finish with the old models.
+    /// Blocking (reads files).
     pub fn reload_models(&self) -> Result<String, ServiceError> {
-        let models = ModelSet::load(&self.models_dir)?;
+        let models = ModelSet::load(&resolve_models_dir(&self.models_dir)?)?;
         let version = models.version().to_owned();
         let router = Arc::new(Router::new(&self.catalog, models));
         *self.router.write().unwrap_or_else(PoisonError::into_inner) = router;
         tracing::info!(%version, "models reloaded");
         Ok(version)
+    }
+
+    /// When `models_dir` is a model registry, polls its champion pointer every `every` and
+    /// reloads the models when it changes (a promotion or rollback), without a restart. A
+    /// champion that fails to load is logged and the current models stay. `None` when
+    /// `models_dir` is a plain model directory. Call from a tokio runtime.
+    pub fn watch_champion(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let pointer = self.models_dir.join(CHAMPION_FILE);
+        if !pointer.is_file() {
+            return None;
+        }
+        let core = Arc::clone(self);
+        // Read now, not in the task: a promotion right after this call must not be missed.
+        let mut seen = std::fs::read_to_string(&pointer).ok();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now = std::fs::read_to_string(&pointer).ok();
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                seen = now;
+                let core = Arc::clone(&core);
+                match tokio::task::spawn_blocking(move || core.reload_models()).await {
+                    Ok(Ok(version)) => tracing::info!(%version, "new champion loaded"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot load the new champion; keeping the current models")
+                    }
+                    Err(e) => tracing::error!(error = %e, "champion reload task failed"),
+                }
+            }
+        }))
     }
 
     /// Why `candidate` cannot run from this host right now, if it cannot: a local backend

@@ -9,6 +9,8 @@
 //! - Auth: API keys stored as SHA-256 in the [`Config`], mapped to tenants; tenants see only
 //!   their own runs; the `admin` scope publishes policies, reloads models and reads metrics.
 //!   Per-tenant rate limits (GCRA, `governor`) and concurrency limits answer 429.
+//! - Hot reload: `models_dir` may be a model registry (`sandstorm models`); the service then
+//!   serves its champion and swaps models in when the `champion` pointer changes.
 //! - [`mcp`]: the same core as an MCP server over stdio (`rmcp`), with tools `route`, `run`,
 //!   `get_run`, `list_backends` and resources for run logs and results.
 //!
@@ -39,7 +41,10 @@ use std::time::Duration;
 pub use agent::{Agent, AgentConfig};
 pub use api::ApiDoc;
 pub use config::{ApiKey, Config, Limits, Scope, TenantLimits, hash_api_key};
-pub use core::Core;
+pub use core::{CHAMPION_FILE, Core, resolve_models_dir};
+
+/// How often a service on a model registry checks the champion pointer.
+const CHAMPION_POLL: Duration = Duration::from_secs(2);
 pub use policies::{NoPolicies, PolicyInfo, PolicyRegistry};
 pub use runs::{LogEvent, Run, RunState, RunView};
 
@@ -153,6 +158,7 @@ impl Service {
                 obs::prometheus().run_upkeep();
             }
         });
+        let champion = core.watch_champion(CHAMPION_POLL);
         tracing::info!(%addr, "serving");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -163,6 +169,9 @@ impl Service {
             })
             .await;
         upkeep.abort();
+        if let Some(w) = champion {
+            w.abort();
+        }
         // Connections are closed; wait for the runs (their drain started with the signal;
         // draining again is immediate, and covers a server that stopped without one).
         let _ = drain.await;

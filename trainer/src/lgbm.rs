@@ -132,6 +132,18 @@ pub(crate) struct Trained {
     pub(crate) valid_curve: Vec<f64>,
 }
 
+impl Trained {
+    /// The best validation metric over the rounds (NaN without validation).
+    pub(crate) fn best_valid_metric(&self, higher_is_better: bool) -> f64 {
+        let it = self.valid_curve.iter().copied().filter(|v| v.is_finite());
+        if higher_is_better {
+            it.fold(f64::NAN, f64::max)
+        } else {
+            it.fold(f64::NAN, f64::min)
+        }
+    }
+}
+
 struct Booster {
     handle: sys::BoosterHandle,
 }
@@ -271,4 +283,27 @@ pub(crate) fn train(
         num_trees: keep,
         valid_curve: curve,
     })
+}
+
+/// Every LightGBM parameter name with its aliases (`LGBM_DumpParamAliases`), as LightGBM
+/// itself knows them, so configuration files are checked against the library they run on.
+pub(crate) fn param_aliases()
+-> Result<std::collections::BTreeMap<String, Vec<String>>, TrainerError> {
+    let mut len: i64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: `buf` has buf.len() writable bytes; LightGBM writes at most that many and
+        // reports the full length needed in `len`.
+        let code = unsafe {
+            sys::LGBM_DumpParamAliases(buf.len() as i64, &mut len, buf.as_mut_ptr().cast())
+        };
+        check(code, "listing parameters")?;
+        if (len as usize) <= buf.len() {
+            break;
+        }
+        buf = vec![0u8; len as usize];
+    }
+    buf.truncate((len as usize).saturating_sub(1));
+    serde_json::from_slice(&buf)
+        .map_err(|e| TrainerError::Internal(format!("parameter aliases are not JSON: {e}")))
 }

@@ -2,18 +2,28 @@
 //!
 //! [`train`] reads telemetry Parquet (DataFusion), encodes it with the shared feature encoding
 //! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
-//! holdout for metrics), trains one LightGBM model per [`ModelRole`] and writes a model
-//! directory in the layout of `sandstorm_features::model`. [`query`] runs SQL and the named
-//! reports over telemetry (`sandstorm telemetry query|report`). Serving crates never depend on
-//! this crate.
+//! holdout for metrics), optionally cross-validates (forward chaining) and searches
+//! hyper-parameters per model, trains one LightGBM model per [`ModelRole`], explains it (split
+//! and gain importance, SHAP on a sample) and writes a model directory in the layout of
+//! `sandstorm_features::model` plus `training.json` and `report.html`. [`registry`] versions
+//! model directories and promotes champions. [`query`] runs SQL and the named reports over
+//! telemetry (`sandstorm telemetry query|report`). Serving crates never depend on this crate.
 
+mod config;
 mod data;
+mod explain;
 mod lgbm;
 mod metrics;
 pub mod query;
+pub mod registry;
+mod report;
+mod tune;
+
+pub use config::parse_duration;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lightgbm3::Booster;
 use sandstorm_features::encoding::{
@@ -55,6 +65,13 @@ pub enum TrainerError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Features(#[from] sandstorm_features::FeaturesError),
+    /// Drawing the training report failed.
+    #[error("writing the training report: {0}")]
+    Report(String),
+    /// A model registry operation that cannot be done (unknown version, nothing to roll
+    /// back to, ...).
+    #[error("{0}")]
+    Registry(String),
     /// A bug in Sandstorm.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +98,22 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Smallest number of executed rows accepted.
     pub min_rows: usize,
+    /// LightGBM parameters (verbatim names, aliases allowed) over the defaults of every model.
+    pub params: Map<String, Value>,
+    /// LightGBM parameters of one model, over `params`.
+    pub model_params: BTreeMap<ModelRole, Map<String, Value>>,
+    /// Forward-chaining cross-validation folds over the rows before the holdout (< 2: none).
+    pub cv_folds: usize,
+    /// Random-search trials per model (0: no search; trial 0 is the configured parameters).
+    pub search_trials: usize,
+    /// Wall-clock budget of the whole search, shared equally by the models.
+    pub search_budget: Duration,
+    /// Write `report.html` and its plots into the model directory.
+    pub report: bool,
+    /// Rows (from the holdout) whose SHAP values are computed (0: none).
+    pub shap_sample: usize,
+    /// Draw progress bars on stderr (only shown on a terminal).
+    pub progress: bool,
 }
 
 impl Default for TrainConfig {
@@ -92,7 +125,23 @@ impl Default for TrainConfig {
             early_stopping_rounds: 30,
             seed: 42,
             min_rows: 200,
+            params: Map::new(),
+            model_params: BTreeMap::new(),
+            cv_folds: 0,
+            search_trials: 0,
+            search_budget: Duration::from_secs(60),
+            report: true,
+            shap_sample: 500,
+            progress: false,
         }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a `train.toml` (or LightGBM `key = value` `.conf`) over this configuration;
+    /// unknown LightGBM parameters are an error naming the key. See `docs/training.md`.
+    pub fn with_file(self, path: &Path) -> Result<Self, TrainerError> {
+        config::load(path, self)
     }
 }
 
@@ -101,7 +150,14 @@ impl Default for TrainConfig {
 pub struct TrainReport {
     pub out_dir: PathBuf,
     pub metadata: ModelMetadata,
+    /// `report.html` in the model directory, when written.
+    pub report_html: Option<PathBuf>,
 }
+
+/// `training.json`: how each model was tuned and what it relies on.
+pub const TRAINING_FILE: &str = "training.json";
+/// The HTML training report.
+pub const REPORT_FILE: &str = "report.html";
 
 /// Reads the telemetry under `telemetry_dir` and writes a model directory to `out_dir`.
 pub fn train(
@@ -111,6 +167,21 @@ pub fn train(
 ) -> Result<TrainReport, TrainerError> {
     let records = data::load_telemetry(telemetry_dir)?;
     train_records(&records, out_dir, cfg)
+}
+
+/// Reads every `*.parquet` telemetry file under `dir`, ordered by request time.
+pub fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, TrainerError> {
+    data::load_telemetry(dir)
+}
+
+/// Executed rows of `records` in time order.
+fn executed(records: &[TelemetryRecord]) -> Vec<&TelemetryRecord> {
+    let mut rows: Vec<&TelemetryRecord> = records
+        .iter()
+        .filter(|r| r.status != RunStatus::NotExecuted)
+        .collect();
+    rows.sort_by_key(|r| (r.ts_request_us, r.attempt));
+    rows
 }
 
 /// Trains on rows already in memory (sorted by request time or not).
@@ -124,11 +195,14 @@ pub fn train_records(
             "holdout and validation fractions must be in [0, 0.5)".to_owned(),
         ));
     }
-    let mut rows: Vec<&TelemetryRecord> = records
-        .iter()
-        .filter(|r| r.status != RunStatus::NotExecuted)
-        .collect();
-    rows.sort_by_key(|r| (r.ts_request_us, r.attempt));
+    for key in cfg
+        .params
+        .keys()
+        .chain(cfg.model_params.values().flat_map(|m| m.keys()))
+    {
+        config::check_param_name(key)?;
+    }
+    let rows = executed(records);
     if rows.len() < cfg.min_rows {
         return Err(TrainerError::Input(format!(
             "need at least {} executed telemetry rows to train, found {} (of {} rows)",
@@ -141,8 +215,8 @@ pub fn train_records(
     let n_hold = ((n as f64) * cfg.holdout_fraction).ceil() as usize;
     let n_valid = ((n as f64) * cfg.valid_fraction).ceil() as usize;
     let n_train = n - n_hold - n_valid;
-    let (train_rows, rest) = rows.split_at(n_train);
-    let (valid_rows, hold_rows) = rest.split_at(n_valid);
+    let (pre_rows, hold_rows) = rows.split_at(n - n_hold);
+    let (train_rows, valid_rows) = pre_rows.split_at(n_train);
 
     let space = FeatureSpace::fit(train_rows.iter().map(|r| FeatureInput::from_record(r)));
     let encode = |set: &[&TelemetryRecord]| {
@@ -151,18 +225,35 @@ pub fn train_records(
         m
     };
     let (x_train, x_valid, x_hold) = (encode(train_rows), encode(valid_rows), encode(hold_rows));
+    let x_pre = [x_train.as_slice(), x_valid.as_slice()].concat();
 
     std::fs::create_dir_all(out_dir).map_err(|source| TrainerError::Io {
         path: out_dir.to_path_buf(),
         source,
     })?;
+    let rounds = tune::Rounds {
+        num_iterations: cfg.num_iterations,
+        early_stopping_rounds: cfg.early_stopping_rounds,
+    };
+    let search_steps = if cfg.search_trials > 0 {
+        cfg.search_trials as u64 * ModelRole::ALL.len() as u64
+    } else {
+        0
+    };
+    let bar = progress_bar(
+        cfg.progress,
+        search_steps + ModelRole::ALL.len() as u64,
+        "training",
+    );
     let mut models = BTreeMap::new();
+    let mut details = BTreeMap::new();
+    let mut outcomes = BTreeMap::new();
     let mut hasher = Sha256::new();
-    for role in ModelRole::ALL {
+    for (role_index, role) in ModelRole::ALL.into_iter().enumerate() {
         let split = |set: &[&TelemetryRecord], x: &[f64]| select(role, set, x);
-        let (tx, ty) = split(train_rows, &x_train);
-        let (vx, vy) = split(valid_rows, &x_valid);
-        let (hx, hy) = split(hold_rows, &x_hold);
+        let (tx, ty, _) = split(train_rows, &x_train);
+        let (vx, vy, _) = split(valid_rows, &x_valid);
+        let (hx, hy, hidx) = split(hold_rows, &x_hold);
         if ty.len() < 20 || vy.is_empty() || (hy.is_empty() && !hold_rows.is_empty()) {
             return Err(TrainerError::Input(format!(
                 "too few rows with a usable {} label (train {}, validation {}, holdout {})",
@@ -172,7 +263,59 @@ pub fn train_records(
                 hy.len()
             )));
         }
-        let params = params_for(role, cfg);
+        let mut params = params_for(role, cfg);
+        config::merge_params(&mut params, &cfg.params)?;
+        let role_params = cfg.model_params.get(&role).cloned().unwrap_or_default();
+        config::merge_params(&mut params, &role_params)?;
+        let metric = tune::metric_name(&params);
+        let higher = tune::higher_is_better(&metric);
+
+        // Tuning sees only the rows before the holdout, in time order.
+        let (px, py, _) = split(pre_rows, &x_pre);
+        let bounds = tune::fold_bounds(py.len(), cfg.cv_folds, cfg.valid_fraction);
+        let mut search = None;
+        let mut cv = None;
+        if cfg.search_trials > 0 {
+            bar.set_message(format!("searching {}", role.as_str()));
+            let user_set: Vec<String> = cfg
+                .params
+                .keys()
+                .chain(role_params.keys())
+                .filter_map(|k| config::canonical_name(k).ok().flatten())
+                .collect();
+            let free: Vec<&str> = tune::SEARCHED
+                .into_iter()
+                .filter(|k| !user_set.iter().any(|u| u.as_str() == *k))
+                .collect();
+            let result = tune::search(
+                &px,
+                &py,
+                N_FEATURES,
+                &bounds,
+                &params,
+                &free,
+                cfg.search_trials,
+                cfg.search_budget / ModelRole::ALL.len() as u32,
+                rounds,
+                cfg.seed.wrapping_add(role_index as u64),
+                &mut || bar.inc(1),
+            )?;
+            // Trials cut by the budget still count as steps of the bar.
+            bar.inc((cfg.search_trials - result.trials.len()) as u64);
+            let best = &result.trials[result.best];
+            config::merge_params(&mut params, &best.params)?;
+            if cfg.cv_folds >= 2 {
+                cv = Some(best.cv.clone());
+            }
+            search = Some(result);
+        } else if cfg.cv_folds >= 2 {
+            bar.set_message(format!("cross-validating {}", role.as_str()));
+            cv = Some(tune::cross_validate(
+                &px, &py, N_FEATURES, &bounds, &params, rounds,
+            )?);
+        }
+
+        bar.set_message(format!("training {}", role.as_str()));
         let train_set = lgbm::Dataset::new(&tx, N_FEATURES, &to_f32(&ty), None, &params, None)?;
         let valid_set = lgbm::Dataset::new(
             &vx,
@@ -187,39 +330,39 @@ pub fn train_records(
             Some(lgbm::EarlyStopping {
                 valid: &valid_set,
                 rounds: cfg.early_stopping_rounds,
-                higher_is_better: false,
+                higher_is_better: higher,
             }),
             &params,
             cfg.num_iterations,
         )?;
+        bar.inc(1);
+        let booster = Booster::from_string(&trained.model_text)?;
         let mut metrics = if hy.is_empty() {
             BTreeMap::new()
         } else {
-            let booster = Booster::from_string(&trained.model_text)?;
-            let raw = booster.predict_with_params(&hx, N_FEATURES as i32, true, "num_threads=1")?;
-            let margins = hx
-                .chunks_exact(N_FEATURES)
-                .map(|row| base_margin(role, row));
-            let pred: Vec<f64> = raw
-                .iter()
-                .zip(margins.clone())
-                .map(|(v, m)| role.target_transform().apply(*v + m))
-                .collect();
-            let actual: Vec<f64> = hy
-                .iter()
-                .zip(margins)
-                .map(|(v, m)| role.target_transform().apply(*v + m))
-                .collect();
-            holdout_metrics(role, &pred, &actual)
+            let pred = predict(&booster, role, &hx)?;
+            let actual = actual_values(role, &hx, &hy);
+            let m = holdout_metrics(role, &pred, &actual);
+            outcomes.insert(
+                role,
+                report::Outcome {
+                    pred,
+                    actual,
+                    provider: hidx
+                        .iter()
+                        .map(|i| hold_rows[*i].provider.clone())
+                        .collect(),
+                },
+            );
+            m
         };
         metrics.insert(
             "best_valid_metric".to_owned(),
-            trained
-                .valid_curve
-                .iter()
-                .copied()
-                .fold(f64::INFINITY, f64::min),
+            trained.best_valid_metric(higher),
         );
+        if let Some(cv) = &cv {
+            metrics.insert("cv_metric".to_owned(), cv.mean);
+        }
 
         // JSON has no NaN: a metric that is undefined here (e.g. the AUC of a model whose
         // labels are all one class) is left out.
@@ -227,6 +370,25 @@ pub fn train_records(
         let file = role.file_name();
         write_file(&out_dir.join(&file), trained.model_text.as_bytes())?;
         hasher.update(trained.model_text.as_bytes());
+
+        let (shap_x, shap_rows) = if hy.is_empty() {
+            (&vx, vy.len())
+        } else {
+            (&hx, hy.len())
+        };
+        let explain = explain::explain(&booster, shap_x, shap_rows, cfg.shap_sample)?;
+        details.insert(
+            role.as_str().to_owned(),
+            RoleDetails {
+                params: params.clone(),
+                metric,
+                best_iteration: trained.num_trees,
+                valid_curve: trained.valid_curve.clone(),
+                cv,
+                search,
+                explain,
+            },
+        );
         models.insert(
             role,
             ModelEntry {
@@ -239,6 +401,7 @@ pub fn train_records(
             },
         );
     }
+    bar.finish_and_clear();
 
     let schema = StoredFeatureSchema {
         hash: space.hash(),
@@ -259,13 +422,100 @@ pub fn train_records(
         holdout_window: window(hold_rows),
         models,
     };
+    let training = TrainingDetails {
+        version: metadata.version.clone(),
+        seed: cfg.seed,
+        cv_folds: cfg.cv_folds,
+        search_trials: cfg.search_trials,
+        search_budget_s: cfg.search_budget.as_secs_f64(),
+        config_params: cfg.params.clone(),
+        config_model_params: cfg
+            .model_params
+            .iter()
+            .map(|(r, m)| (r.as_str().to_owned(), m.clone()))
+            .collect(),
+        models: details,
+    };
     write_json(&out_dir.join(FEATURE_SCHEMA_FILE), &schema)?;
+    write_json(&out_dir.join(TRAINING_FILE), &training)?;
     write_json(&out_dir.join(METADATA_FILE), &metadata)?;
+    let report_html = if cfg.report {
+        Some(report::write(out_dir, &metadata, &training, &outcomes)?)
+    } else {
+        None
+    };
     tracing::info!(version = %metadata.version, dir = %out_dir.display(), "trained model set");
     Ok(TrainReport {
         out_dir: out_dir.to_path_buf(),
         metadata,
+        report_html,
     })
+}
+
+/// `training.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct TrainingDetails {
+    pub(crate) version: String,
+    pub(crate) seed: u64,
+    pub(crate) cv_folds: usize,
+    pub(crate) search_trials: usize,
+    pub(crate) search_budget_s: f64,
+    /// The `[params]` of the configuration, verbatim.
+    pub(crate) config_params: Map<String, Value>,
+    /// The `[models.<name>]` parameters of the configuration, verbatim.
+    pub(crate) config_model_params: BTreeMap<String, Map<String, Value>>,
+    pub(crate) models: BTreeMap<String, RoleDetails>,
+}
+
+/// How one model was tuned and what it relies on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RoleDetails {
+    /// Final LightGBM parameters.
+    pub(crate) params: Map<String, Value>,
+    /// The LightGBM validation metric of early stopping, cross-validation and search.
+    pub(crate) metric: String,
+    pub(crate) best_iteration: usize,
+    /// Validation metric after each boosting round of the final model.
+    pub(crate) valid_curve: Vec<f64>,
+    pub(crate) cv: Option<tune::CvResult>,
+    pub(crate) search: Option<tune::SearchResult>,
+    pub(crate) explain: explain::Explanation,
+}
+
+fn progress_bar(show: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg:28} [{bar:30}] {pos}/{len} {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(msg.to_owned());
+    bar
+}
+
+/// Predictions of `role` in natural units (ms, USD, probability) for encoded rows `x`.
+pub(crate) fn predict(
+    booster: &Booster,
+    role: ModelRole,
+    x: &[f64],
+) -> Result<Vec<f64>, TrainerError> {
+    let raw = booster.predict_with_params(x, N_FEATURES as i32, true, "num_threads=1")?;
+    Ok(raw
+        .iter()
+        .zip(x.chunks_exact(N_FEATURES))
+        .map(|(v, row)| role.target_transform().apply(*v + base_margin(role, row)))
+        .collect())
+}
+
+/// Labels from [`select`] back in natural units.
+pub(crate) fn actual_values(role: ModelRole, x: &[f64], y: &[f64]) -> Vec<f64> {
+    y.iter()
+        .zip(x.chunks_exact(N_FEATURES))
+        .map(|(v, row)| role.target_transform().apply(*v + base_margin(role, row)))
+        .collect()
 }
 
 /// Trains one LightGBM booster on a row-major matrix (`labels.len()` rows of `n_features`
@@ -294,9 +544,15 @@ pub fn train_matrix(
 /// Rows usable for `role` and their labels in the model's training space: the transformed
 /// outcome minus the row's base margin ([`base_margin`], 0 without history), so models of
 /// requests with a workload history learn the deviation from the candidate's past level.
-fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// Also returns the index in `set` of each row kept.
+pub(crate) fn select(
+    role: ModelRole,
+    set: &[&TelemetryRecord],
+    x: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<usize>) {
     let mut xs = Vec::new();
     let mut ys = Vec::new();
+    let mut idx = Vec::new();
     for (i, r) in set.iter().enumerate() {
         // Latency and cost are only observed in full when the program ran to its end.
         let completed = matches!(r.status, RunStatus::Ok | RunStatus::Failed);
@@ -316,9 +572,10 @@ fn select(role: ModelRole, set: &[&TelemetryRecord], x: &[f64]) -> (Vec<f64>, Ve
             let row = &x[i * N_FEATURES..(i + 1) * N_FEATURES];
             xs.extend_from_slice(row);
             ys.push(y - base_margin(role, row));
+            idx.push(i);
         }
     }
-    (xs, ys)
+    (xs, ys, idx)
 }
 
 fn target_name(role: ModelRole) -> &'static str {
@@ -373,7 +630,11 @@ fn params_for(role: ModelRole, cfg: &TrainConfig) -> Map<String, Value> {
     }
 }
 
-fn holdout_metrics(role: ModelRole, pred: &[f64], actual: &[f64]) -> BTreeMap<String, f64> {
+pub(crate) fn holdout_metrics(
+    role: ModelRole,
+    pred: &[f64],
+    actual: &[f64],
+) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     m.insert("holdout_rows".to_owned(), pred.len() as f64);
     match role {
