@@ -173,6 +173,9 @@ fn sigkill_mid_stream_loses_no_acknowledged_row() {
 
 /// Appends the start of a frame (header and part of its payload) to the newest segment under
 /// `root`'s WAL; false when the child left no segment (all were compacted when it died).
+/// Length of a segment's header (`journal::segment::SEGMENT_MAGIC`).
+const SEGMENT_HEADER_LEN: u64 = 8;
+
 fn tear_newest_segment(root: &Path) -> bool {
     let wal = root.join(sandstorm_datasets::WAL_DIR);
     let mut segments = Vec::new();
@@ -181,7 +184,10 @@ fn tear_newest_segment(root: &Path) -> bool {
             .expect("writer dir")
             .flatten()
         {
-            if f.path().extension().is_some_and(|e| e == "seg") {
+            // A segment killed before its header was written is empty: a power loss cannot
+            // add bytes to it later, so only tear segments that have their header.
+            let has_header = f.metadata().is_ok_and(|m| m.len() >= SEGMENT_HEADER_LEN);
+            if f.path().extension().is_some_and(|e| e == "seg") && has_header {
                 segments.push(f.path());
             }
         }
