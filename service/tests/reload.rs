@@ -84,3 +84,47 @@ async fn a_plain_model_directory_is_not_watched() {
     let core = load_core(&Config::new(common::models())).await.unwrap();
     assert!(core.watch_champion(Duration::from_millis(50)).is_none());
 }
+
+/// The same over a real socket: `GET /v1/models` of a running service on a registry answers
+/// the new champion's version after a promotion, without a restart (the service polls the
+/// pointer every 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_service_switches_to_a_promoted_champion() {
+    let models = common::models();
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("registry");
+    install(models, &registry.join("v1"), "v1");
+    install(models, &registry.join("v2"), "v2");
+    point_to(&registry, "v1");
+    let registry_dir = registry.clone();
+    let server = common::TestServer::start_with(move |c| c.models_dir = registry_dir).await;
+    let version = |v: serde_json::Value| v["active"]["version"].as_str().map(str::to_owned);
+    let served = server.get("/v1/models", common::ACME).await;
+    assert_eq!(
+        version(served.json()).as_deref(),
+        Some("v1"),
+        "{}",
+        served.text()
+    );
+
+    point_to(&registry, "v2");
+    let start = Instant::now();
+    loop {
+        let served = server.get("/v1/models", common::ACME).await;
+        if version(served.json()).as_deref() == Some("v2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still serving {}",
+            served.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Decisions go on with the new champion.
+    let routed = server
+        .post_json("/v1/route", common::ACME, &common::local_command("echo hi"))
+        .await;
+    assert_eq!(routed.status, 200, "{}", routed.text());
+    assert_eq!(routed.json()["model_version"], "v2", "{}", routed.text());
+}
