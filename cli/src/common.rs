@@ -11,7 +11,7 @@ use sandstorm_executor::{BreakerConfig, Breakers, Executor, FailoverPolicy};
 use sandstorm_features::telemetry::RunStatus;
 use sandstorm_features::{Catalog, RunRequest};
 use sandstorm_router::{Decision, Verdict};
-use sandstorm_runtime::Engine;
+use sandstorm_runtime::{Engine, EngineConfig};
 
 pub(crate) fn load_catalog(path: Option<&Path>) -> Result<Catalog> {
     match path {
@@ -34,13 +34,18 @@ pub(crate) fn load_request(path: &Path) -> Result<RunRequest> {
 /// The executor of this process: the local engine, every remote provider and the catalog's
 /// edge agents, and the circuit breakers shared with other `sandstorm` processes through
 /// `breaker_state`.
+///
+/// One-shot commands run at most a few jobs, so no gVisor sandboxes are started ahead (a warm
+/// pool pays off in the long-running service and agent).
 pub(crate) fn executor(
     catalog: &Catalog,
     breaker_state: &Path,
     breakers: BreakerConfig,
 ) -> Executor {
     Executor::new(
-        Arc::new(Engine::new()),
+        Arc::new(Engine::with_config(&EngineConfig {
+            gvisor_pool_size: 0,
+        })),
         Providers::from_env_and_catalog(catalog),
         Breakers::with_state_file(breakers, breaker_state),
         FailoverPolicy::default(),
