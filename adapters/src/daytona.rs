@@ -15,7 +15,7 @@ use sandstorm_features::Candidate;
 use sandstorm_runtime::{Availability, JobSpec, OutputStream, RunControl};
 use serde::Deserialize;
 
-use crate::driver::{self, Bridge, Exit, Output, Sandbox};
+use crate::driver::{self, Bridge, Configured, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
 use crate::http::{self, Api};
 use crate::{RemoteProvider, RemoteRun, RunFailure, env_var, redacted};
@@ -87,10 +87,7 @@ impl DaytonaConfig {
 
 /// The Daytona adapter.
 #[derive(Debug)]
-pub struct DaytonaProvider {
-    sandbox: Option<Arc<Daytona>>,
-    bridge: Arc<Bridge>,
-}
+pub struct DaytonaProvider(Configured<Daytona>);
 
 impl DaytonaProvider {
     /// An adapter with its own async runtime.
@@ -103,7 +100,7 @@ impl DaytonaProvider {
         bridge: Arc<Bridge>,
     ) -> Result<Self, AdapterError> {
         let sandbox = match &config.api_key {
-            Some(key) => Some(Arc::new(Daytona {
+            Some(key) => Ok(Daytona {
                 api: Api::new(
                     PROVIDER,
                     config.connect_timeout,
@@ -111,10 +108,10 @@ impl DaytonaProvider {
                     vec![key.clone()],
                 )?,
                 config,
-            })),
-            None => None,
+            }),
+            None => Err("DAYTONA_API_KEY is not set".to_owned()),
         };
-        Ok(Self { sandbox, bridge })
+        Ok(Self(Configured::new(PROVIDER, sandbox, bridge)))
     }
 }
 
@@ -124,14 +121,8 @@ impl RemoteProvider for DaytonaProvider {
     }
 
     fn availability(&self) -> Availability {
-        match &self.sandbox {
-            Some(s) => Availability::Available {
-                detail: format!("DAYTONA_API_KEY set; API {}", s.config.api_url),
-            },
-            None => Availability::Unavailable {
-                reason: "DAYTONA_API_KEY is not set".into(),
-            },
-        }
+        self.0
+            .availability(|s| format!("DAYTONA_API_KEY set; API {}", s.config.api_url))
     }
 
     fn run(
@@ -140,19 +131,7 @@ impl RemoteProvider for DaytonaProvider {
         job: &JobSpec,
         control: &RunControl,
     ) -> Result<RemoteRun, RunFailure> {
-        let Some(sandbox) = &self.sandbox else {
-            return Err(AdapterError::NotConfigured {
-                provider: PROVIDER.into(),
-                reason: "DAYTONA_API_KEY is not set".into(),
-            }
-            .into());
-        };
-        self.bridge.run(driver::drive(
-            Arc::clone(sandbox),
-            candidate.clone(),
-            job.clone(),
-            control.clone(),
-        ))?
+        self.0.run(candidate, job, control)
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandstorm_features::{Candidate, Language};
-use sandstorm_runtime::{JobSpec, OutputStream, RunControl, RunResult, RunStatus, RuntimeError};
+use sandstorm_runtime::{
+    Availability, JobSpec, OutputStream, RunControl, RunResult, RunStatus, RuntimeError,
+};
 
 use crate::error::AdapterError;
 use crate::{RemoteRun, RunFailure, Usage};
@@ -109,6 +111,63 @@ impl Exit {
             oom: false,
             deadline: false,
         }
+    }
+}
+
+/// A provider adapter's state: its sandbox API once configured (or why it is not) and the
+/// adapters' runtime. The REST adapters (E2B, Daytona, Morph) wrap one and differ only in
+/// what they say is configured.
+#[derive(Debug)]
+pub(crate) struct Configured<S> {
+    provider: &'static str,
+    sandbox: Result<Arc<S>, String>,
+    bridge: Arc<Bridge>,
+}
+
+impl<S: Sandbox> Configured<S> {
+    /// `sandbox` is the configured API, or the reason it is not configured.
+    pub(crate) fn new(
+        provider: &'static str,
+        sandbox: Result<S, String>,
+        bridge: Arc<Bridge>,
+    ) -> Self {
+        Self {
+            provider,
+            sandbox: sandbox.map(Arc::new),
+            bridge,
+        }
+    }
+
+    /// Available with `detail` of the configured API, or unavailable with the reason.
+    pub(crate) fn availability(&self, detail: impl FnOnce(&S) -> String) -> Availability {
+        match &self.sandbox {
+            Ok(s) => Availability::Available { detail: detail(s) },
+            Err(reason) => Availability::Unavailable {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Runs `job` on the adapters' runtime through [`drive`]; refused when not configured.
+    pub(crate) fn run(
+        &self,
+        candidate: &Candidate,
+        job: &JobSpec,
+        control: &RunControl,
+    ) -> Result<RemoteRun, RunFailure> {
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .map_err(|reason| AdapterError::NotConfigured {
+                provider: self.provider.into(),
+                reason: reason.clone(),
+            })?;
+        self.bridge.run(drive(
+            Arc::clone(sandbox),
+            candidate.clone(),
+            job.clone(),
+            control.clone(),
+        ))?
     }
 }
 

@@ -12,7 +12,7 @@ use sandstorm_features::Candidate;
 use sandstorm_runtime::{Availability, JobSpec, OutputStream, RunControl};
 use serde::Deserialize;
 
-use crate::driver::{self, Bridge, Exit, Output, Sandbox};
+use crate::driver::{self, Bridge, Configured, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
 use crate::http::{self, Api};
 use crate::{RemoteProvider, RemoteRun, RunFailure, env_var, redacted};
@@ -117,10 +117,7 @@ impl E2bConfig {
 
 /// The E2B adapter.
 #[derive(Debug)]
-pub struct E2bProvider {
-    sandbox: Option<Arc<E2b>>,
-    bridge: Arc<Bridge>,
-}
+pub struct E2bProvider(Configured<E2b>);
 
 impl E2bProvider {
     /// An adapter with its own async runtime.
@@ -133,7 +130,7 @@ impl E2bProvider {
         bridge: Arc<Bridge>,
     ) -> Result<Self, AdapterError> {
         let sandbox = match &config.api_key {
-            Some(key) => Some(Arc::new(E2b {
+            Some(key) => Ok(E2b {
                 api: Api::new(
                     PROVIDER,
                     config.connect_timeout,
@@ -141,10 +138,10 @@ impl E2bProvider {
                     vec![key.clone()],
                 )?,
                 config,
-            })),
-            None => None,
+            }),
+            None => Err("E2B_API_KEY is not set".to_owned()),
         };
-        Ok(Self { sandbox, bridge })
+        Ok(Self(Configured::new(PROVIDER, sandbox, bridge)))
     }
 }
 
@@ -154,17 +151,12 @@ impl RemoteProvider for E2bProvider {
     }
 
     fn availability(&self) -> Availability {
-        match &self.sandbox {
-            Some(s) => Availability::Available {
-                detail: format!(
-                    "E2B_API_KEY set; API {}, template `{}`",
-                    s.config.api_url, s.config.template
-                ),
-            },
-            None => Availability::Unavailable {
-                reason: "E2B_API_KEY is not set".into(),
-            },
-        }
+        self.0.availability(|s| {
+            format!(
+                "E2B_API_KEY set; API {}, template `{}`",
+                s.config.api_url, s.config.template
+            )
+        })
     }
 
     fn run(
@@ -173,19 +165,7 @@ impl RemoteProvider for E2bProvider {
         job: &JobSpec,
         control: &RunControl,
     ) -> Result<RemoteRun, RunFailure> {
-        let Some(sandbox) = &self.sandbox else {
-            return Err(AdapterError::NotConfigured {
-                provider: PROVIDER.into(),
-                reason: "E2B_API_KEY is not set".into(),
-            }
-            .into());
-        };
-        self.bridge.run(driver::drive(
-            Arc::clone(sandbox),
-            candidate.clone(),
-            job.clone(),
-            control.clone(),
-        ))?
+        self.0.run(candidate, job, control)
     }
 }
 

@@ -16,7 +16,7 @@ use sandstorm_features::Candidate;
 use sandstorm_runtime::{Availability, JobSpec, OutputStream, RunControl};
 use serde::Deserialize;
 
-use crate::driver::{self, Bridge, Exit, Output, Sandbox};
+use crate::driver::{self, Bridge, Configured, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
 use crate::http::{self, Api};
 use crate::{RemoteProvider, RemoteRun, RunFailure, env_var, redacted};
@@ -115,10 +115,7 @@ impl MorphConfig {
 
 /// The Morph Cloud adapter.
 #[derive(Debug)]
-pub struct MorphProvider {
-    sandbox: Result<Arc<Morph>, &'static str>,
-    bridge: Arc<Bridge>,
-}
+pub struct MorphProvider(Configured<Morph>);
 
 impl MorphProvider {
     /// An adapter with its own async runtime.
@@ -131,8 +128,8 @@ impl MorphProvider {
         bridge: Arc<Bridge>,
     ) -> Result<Self, AdapterError> {
         let sandbox = match config.missing() {
-            Some(reason) => Err(reason),
-            None => Ok(Arc::new(Morph {
+            Some(reason) => Err(reason.to_owned()),
+            None => Ok(Morph {
                 api: Api::new(
                     PROVIDER,
                     config.connect_timeout,
@@ -140,9 +137,9 @@ impl MorphProvider {
                     config.api_key.iter().cloned().collect(),
                 )?,
                 config,
-            })),
+            }),
         };
-        Ok(Self { sandbox, bridge })
+        Ok(Self(Configured::new(PROVIDER, sandbox, bridge)))
     }
 }
 
@@ -152,18 +149,13 @@ impl RemoteProvider for MorphProvider {
     }
 
     fn availability(&self) -> Availability {
-        match &self.sandbox {
-            Ok(s) => Availability::Available {
-                detail: format!(
-                    "MORPH_API_KEY set; API {}, snapshot {}",
-                    s.config.api_url,
-                    s.config.snapshot_id.as_deref().unwrap_or_default()
-                ),
-            },
-            Err(reason) => Availability::Unavailable {
-                reason: (*reason).into(),
-            },
-        }
+        self.0.availability(|s| {
+            format!(
+                "MORPH_API_KEY set; API {}, snapshot {}",
+                s.config.api_url,
+                s.config.snapshot_id.as_deref().unwrap_or_default()
+            )
+        })
     }
 
     fn run(
@@ -172,19 +164,7 @@ impl RemoteProvider for MorphProvider {
         job: &JobSpec,
         control: &RunControl,
     ) -> Result<RemoteRun, RunFailure> {
-        let sandbox = self
-            .sandbox
-            .as_ref()
-            .map_err(|reason| AdapterError::NotConfigured {
-                provider: PROVIDER.into(),
-                reason: (*reason).into(),
-            })?;
-        self.bridge.run(driver::drive(
-            Arc::clone(sandbox),
-            candidate.clone(),
-            job.clone(),
-            control.clone(),
-        ))?
+        self.0.run(candidate, job, control)
     }
 }
 
