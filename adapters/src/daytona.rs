@@ -373,20 +373,14 @@ impl Sandbox for Daytona {
     }
 
     async fn delete(&self, handle: &Handle) -> Result<(), AdapterError> {
-        let result = self
-            .api
-            .send(
-                Phase::Delete,
+        self.api
+            .delete(
                 self.api
                     .client
                     .delete(self.url(&format!("sandbox/{}", handle.id)))
                     .header("Authorization", self.bearer()),
             )
-            .await;
-        match result {
-            Ok(_) | Err(AdapterError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
     }
 }
 

@@ -391,10 +391,8 @@ impl Sandbox for E2b {
     }
 
     async fn delete(&self, handle: &Handle) -> Result<(), AdapterError> {
-        let result = self
-            .api
-            .send(
-                Phase::Delete,
+        self.api
+            .delete(
                 self.api
                     .client
                     .delete(http::join(
@@ -403,13 +401,7 @@ impl Sandbox for E2b {
                     ))
                     .header("X-API-Key", self.api_key()),
             )
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Already gone (e.g. it reached its own timeout): nothing left to pay for.
-            Err(AdapterError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
     }
 }
 

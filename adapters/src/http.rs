@@ -102,6 +102,18 @@ impl Api {
         })
     }
 
+    /// Sends a delete `request`; a 404 (already gone, e.g. after its own timeout: nothing left
+    /// to pay for) counts as deleted.
+    pub(crate) async fn delete(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(), AdapterError> {
+        match self.send(Phase::Delete, request).await {
+            Ok(_) | Err(AdapterError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends `request` and decodes its JSON answer.
     pub(crate) async fn json<T: DeserializeOwned>(
         &self,

@@ -345,20 +345,14 @@ impl Sandbox for Morph {
     }
 
     async fn delete(&self, handle: &Handle) -> Result<(), AdapterError> {
-        let result = self
-            .api
-            .send(
-                Phase::Delete,
+        self.api
+            .delete(
                 self.api
                     .client
                     .delete(self.url(&format!("instance/{}", handle.id)))
                     .header("Authorization", self.bearer()),
             )
-            .await;
-        match result {
-            Ok(_) | Err(AdapterError::Api { status: 404, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
     }
 }
 
