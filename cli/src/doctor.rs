@@ -64,10 +64,7 @@ pub(crate) fn doctor(args: &DoctorArgs) -> Result<ExitCode> {
         .map(|(backend, availability)| BackendReport {
             backend: *backend,
             works: availability.is_available(),
-            detail: match availability {
-                Availability::Available { detail } => detail.clone(),
-                Availability::Unavailable { reason } => reason.clone(),
-            },
+            detail: availability.explanation().to_owned(),
         })
         .collect();
     let catalog = load_catalog(args.catalog.as_deref())?;

@@ -152,6 +152,14 @@ impl Availability {
     pub fn is_available(&self) -> bool {
         matches!(self, Availability::Available { .. })
     }
+
+    /// What was checked when available, why not otherwise.
+    pub fn explanation(&self) -> &str {
+        match self {
+            Availability::Available { detail } => detail,
+            Availability::Unavailable { reason } => reason,
+        }
+    }
 }
 
 impl fmt::Display for Availability {

@@ -202,10 +202,7 @@ async fn health(State(state): State<Arc<AgentState>>) -> Response {
         .map(|(backend, a)| BackendHealth {
             backend: *backend,
             available: a.is_available(),
-            detail: match a {
-                Availability::Available { detail } => detail.clone(),
-                Availability::Unavailable { reason } => reason.clone(),
-            },
+            detail: a.explanation().to_owned(),
         })
         .collect();
     axum::Json(Health {
