@@ -53,6 +53,9 @@ pub enum PoliciesError {
         version: String,
         reason: String,
     },
+    /// The version is in the registry already; published versions are immutable.
+    #[error("{id} is already published in {registry}; versions are immutable, bump the version")]
+    AlreadyPublished { id: String, registry: PathBuf },
     /// A manifest, key or fixture file is malformed.
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },

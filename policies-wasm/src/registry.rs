@@ -291,6 +291,9 @@ pub struct VerifiedPolicy {
     pub module: Vec<u8>,
     /// Hex public key that signed it.
     pub signer: String,
+    /// The exact bytes that were signed and verified, kept to store them unchanged.
+    manifest_bytes: Vec<u8>,
+    signature_bytes: Vec<u8>,
 }
 
 /// A directory of signed policy versions.
@@ -324,16 +327,6 @@ impl Registry {
                 manifest.id()
             )));
         }
-        let name_dir = self.root.join(&manifest.name);
-        let dir = name_dir.join(&manifest.version);
-        if dir.exists() {
-            return Err(PoliciesError::Invalid(format!(
-                "{} is already published in {}; versions are immutable, bump the version",
-                manifest.id(),
-                self.root.display()
-            )));
-        }
-        fs::create_dir_all(&name_dir).map_err(|e| PoliciesError::io(&name_dir, e))?;
         let manifest_bytes = serde_json::to_vec_pretty(manifest)
             .map_err(|e| PoliciesError::Internal(format!("serializing a manifest: {e}")))?;
         let signature = SignatureFile {
@@ -342,6 +335,43 @@ impl Registry {
         };
         let signature_bytes = serde_json::to_vec_pretty(&signature)
             .map_err(|e| PoliciesError::Internal(format!("serializing a signature: {e}")))?;
+        self.write_version(manifest, module, &manifest_bytes, &signature_bytes)
+    }
+
+    /// Stores a version that was signed elsewhere and verified with [`verify_bytes`] (what
+    /// `POST /v1/policies` receives): the same immutable, atomic write as [`Registry::publish`].
+    pub fn add(&self, policy: &VerifiedPolicy) -> Result<PathBuf, PoliciesError> {
+        self.write_version(
+            &policy.manifest,
+            &policy.module,
+            &policy.manifest_bytes,
+            &policy.signature_bytes,
+        )
+    }
+
+    /// Whether `name@version` is already in the registry.
+    pub fn contains(&self, name: &str, version: &str) -> bool {
+        check_name(name).is_ok()
+            && parse_version(version).is_ok()
+            && self.root.join(name).join(version).exists()
+    }
+
+    fn write_version(
+        &self,
+        manifest: &Manifest,
+        module: &[u8],
+        manifest_bytes: &[u8],
+        signature_bytes: &[u8],
+    ) -> Result<PathBuf, PoliciesError> {
+        let name_dir = self.root.join(&manifest.name);
+        let dir = name_dir.join(&manifest.version);
+        if dir.exists() {
+            return Err(PoliciesError::AlreadyPublished {
+                id: manifest.id(),
+                registry: self.root.clone(),
+            });
+        }
+        fs::create_dir_all(&name_dir).map_err(|e| PoliciesError::io(&name_dir, e))?;
         // Write everything into a temporary sibling, then rename: readers never see a
         // half-published version.
         let tmp = name_dir.join(format!(".{}.tmp-{}", manifest.version, std::process::id()));
@@ -349,8 +379,8 @@ impl Registry {
         fs::create_dir_all(&tmp).map_err(|e| PoliciesError::io(&tmp, e))?;
         for (file, bytes) in [
             (MODULE_FILE, module),
-            (MANIFEST_FILE, &manifest_bytes[..]),
-            (SIGNATURE_FILE, &signature_bytes[..]),
+            (MANIFEST_FILE, manifest_bytes),
+            (SIGNATURE_FILE, signature_bytes),
         ] {
             let p = tmp.join(file);
             fs::write(&p, bytes).map_err(|e| PoliciesError::io(&p, e))?;
@@ -424,32 +454,83 @@ impl Registry {
 fn read_manifest(dir: &Path) -> Result<(Manifest, Vec<u8>), PoliciesError> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| PoliciesError::io(&path, e))?;
-    let manifest = serde_json::from_slice(&bytes).map_err(|e| PoliciesError::BadFile {
-        path: path.clone(),
-        reason: format!("not a policy manifest: {e}"),
-    })?;
-    Ok((manifest, bytes))
+    Ok((parse_manifest(&path, &bytes)?, bytes))
 }
 
 /// Verifies the signature and digest of the version stored in `dir`.
 pub fn verify_dir(dir: &Path, trust: &TrustedKeys) -> Result<VerifiedPolicy, PoliciesError> {
     let (manifest, manifest_bytes) = read_manifest(dir)?;
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let signature_bytes = match fs::read(&sig_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PoliciesError::Untrusted {
+                name: manifest.name,
+                version: manifest.version,
+                reason: "unsigned: no signature.json".into(),
+            });
+        }
+        Err(e) => return Err(PoliciesError::io(&sig_path, e)),
+    };
+    let module_path = dir.join(MODULE_FILE);
+    let module = fs::read(&module_path).map_err(|e| PoliciesError::io(&module_path, e))?;
+    verify_parts(
+        dir,
+        manifest,
+        manifest_bytes,
+        signature_bytes,
+        module,
+        trust,
+    )
+}
+
+/// Verifies a version given as bytes (the exact `manifest.json`, `policy.wasm` and
+/// `signature.json`), e.g. one uploaded to the service, before [`Registry::add`] stores it.
+pub fn verify_bytes(
+    manifest_bytes: Vec<u8>,
+    module: Vec<u8>,
+    signature_bytes: Vec<u8>,
+    trust: &TrustedKeys,
+) -> Result<VerifiedPolicy, PoliciesError> {
+    let origin = Path::new(MANIFEST_FILE);
+    let manifest = parse_manifest(origin, &manifest_bytes)?;
+    check_name(&manifest.name)?;
+    parse_version(&manifest.version)?;
+    verify_parts(
+        Path::new("."),
+        manifest,
+        manifest_bytes,
+        signature_bytes,
+        module,
+        trust,
+    )
+}
+
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, PoliciesError> {
+    serde_json::from_slice(bytes).map_err(|e| PoliciesError::BadFile {
+        path: path.to_owned(),
+        reason: format!("not a policy manifest: {e}"),
+    })
+}
+
+/// Checks the signature against `trust` and the module against the manifest's digest.
+/// `origin` names where the files came from in errors.
+fn verify_parts(
+    origin: &Path,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signature_bytes: Vec<u8>,
+    module: Vec<u8>,
+    trust: &TrustedKeys,
+) -> Result<VerifiedPolicy, PoliciesError> {
     let untrusted = |reason: String| PoliciesError::Untrusted {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         reason,
     };
-    let sig_path = dir.join(SIGNATURE_FILE);
-    let sig_text = match fs::read(&sig_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(untrusted("unsigned: no signature.json".into()));
-        }
-        Err(e) => return Err(PoliciesError::io(&sig_path, e)),
-    };
     let sig: SignatureFile =
-        serde_json::from_slice(&sig_text).map_err(|e| PoliciesError::BadFile {
-            path: sig_path.clone(),
+        serde_json::from_slice(&signature_bytes).map_err(|e| PoliciesError::BadFile {
+            path: origin.join(SIGNATURE_FILE),
             reason: format!("not a signature file: {e}"),
         })?;
     let key = parse_public_key(&sig.key).map_err(&untrusted)?;
@@ -467,8 +548,6 @@ pub fn verify_dir(dir: &Path, trust: &TrustedKeys) -> Result<VerifiedPolicy, Pol
         .map_err(|_| {
             untrusted("the signature does not match the manifest (tampered manifest)".into())
         })?;
-    let module_path = dir.join(MODULE_FILE);
-    let module = fs::read(&module_path).map_err(|e| PoliciesError::io(&module_path, e))?;
     let actual = sha256_hex(&module);
     if actual != manifest.sha256 {
         return Err(PoliciesError::DigestMismatch {
@@ -482,6 +561,8 @@ pub fn verify_dir(dir: &Path, trust: &TrustedKeys) -> Result<VerifiedPolicy, Pol
         manifest,
         module,
         signer: sig.key,
+        manifest_bytes,
+        signature_bytes,
     })
 }
 

@@ -20,10 +20,10 @@ use crate::auth::{KeyStore, Principal};
 use crate::config::Config;
 use crate::core::{self, Core};
 use crate::error::{ApiError, ErrorBody};
-use crate::input::parse_run_request;
+use crate::input::{parse_json, parse_run_request};
 use crate::limits::TenantLimits;
 use crate::obs;
-use crate::policies::PUBLISH_UNAVAILABLE;
+use crate::policies::{Policies, PolicyInfo, PublishPolicy};
 use crate::runs::{LogEvent, RunView};
 use crate::schema::{
     CatalogView, DecisionDoc, Health, ModelsReloaded, ModelsView, PolicyList, RunAccepted, RunList,
@@ -329,24 +329,53 @@ async fn run_logs(
     Ok(crate::runs::sse_logs(&run))
 }
 
-/// The policies the router applies.
+/// The policies the router applies, with their active versions.
 #[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("api_key" = [])),
     responses((status = 200, body = PolicyList), (status = 401, body = ErrorBody)))]
 async fn list_policies(State(state): State<AppState>, _principal: Principal) -> Json<PolicyList> {
     Json(PolicyList {
-        policies: state.core.policies.list(),
+        policies: state
+            .core
+            .policies
+            .as_ref()
+            .map(Policies::list)
+            .unwrap_or_default(),
     })
 }
 
-/// Publish a policy (admin). Not available in this build: answers 501.
+/// Publish a signed policy version (admin): the files `sandstorm policy publish` writes. The
+/// signature must verify against the service's trusted keys and the module must compile; the
+/// version is then stored in the registry and runs on the next decision.
 #[utoipa::path(post, path = "/v1/policies", tag = "policies", security(("api_key" = [])),
+    request_body = PublishPolicy,
     responses(
+        (status = 201, body = PolicyInfo),
+        (status = 400, description = "bad base64, manifest or signature, an untrusted signer, a module that does not match its manifest or is not a valid policy", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "the key lacks the `admin` scope", body = ErrorBody),
-        (status = 501, description = "policy publishing is not in this build", body = ErrorBody)))]
-async fn publish_policy(principal: Principal) -> Result<Response, ApiError> {
+        (status = 409, description = "this version is already published", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 501, description = "the service has no `[policies]` configuration", body = ErrorBody)))]
+async fn publish_policy(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     principal.require_admin("publishing policies")?;
-    Err(ApiError::NotImplemented(PUBLISH_UNAVAILABLE.to_owned()))
+    if state.core.policies.is_none() {
+        return Err(ApiError::NotImplemented(
+            "this service runs no policies: add a [policies] section (registry, trusted_keys) to its configuration".to_owned(),
+        ));
+    }
+    let upload: PublishPolicy = parse_json(&body)?;
+    let core = Arc::clone(&state.core);
+    let info = tokio::task::spawn_blocking(move || match &core.policies {
+        Some(p) => p.publish(upload),
+        None => Err(ApiError::Internal("policies vanished".to_owned())),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("publishing task failed: {e}")))??;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
 /// The active model set: version, training windows, per-model trees and holdout metrics.
@@ -431,7 +460,7 @@ fn to_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<serde_json::Value
     paths(healthz, readyz, metrics_page, openapi_json, route, create_run, list_runs, get_run,
         cancel_run, run_logs, list_policies, publish_policy, models, reload_models, catalog),
     components(schemas(ErrorBody, RunRequestDoc, DecisionDoc, RunAccepted, RunView, LogEvent,
-        Health, PolicyList, ModelsView, ModelsReloaded, CatalogView, RunList)),
+        Health, PolicyList, PolicyInfo, PublishPolicy, ModelsView, ModelsReloaded, CatalogView, RunList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -44,6 +44,28 @@ pub struct Config {
     /// The accepted API keys.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
+    /// WebAssembly routing policies; none run when absent.
+    #[serde(default)]
+    pub policies: Option<PoliciesConfig>,
+}
+
+/// Where the router's policies come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// The signed policy registry (a directory, as `sandstorm policy publish --registry`
+    /// writes it). The newest trusted version of each policy runs; `POST /v1/policies` adds
+    /// versions here.
+    pub registry: PathBuf,
+    /// The public keys whose signatures the router accepts, one hex key per line.
+    pub trusted_keys: PathBuf,
+    /// How often the registry is read again for versions published by other means, seconds.
+    #[serde(default = "default_policy_sync")]
+    pub sync_interval_s: f64,
+}
+
+fn default_policy_sync() -> f64 {
+    5.0
 }
 
 /// Rate and concurrency limits of one tenant.
@@ -132,6 +154,7 @@ impl Config {
             limits: Limits::default(),
             tenants: BTreeMap::new(),
             api_keys: Vec::new(),
+            policies: None,
         }
     }
 
@@ -159,6 +182,10 @@ impl Config {
         }
         if let Some(p) = &mut config.telemetry_dir {
             resolve(p);
+        }
+        if let Some(p) = &mut config.policies {
+            resolve(&mut p.registry);
+            resolve(&mut p.trusted_keys);
         }
         config.validate()?;
         Ok(config)
@@ -197,6 +224,11 @@ impl Config {
         }
         if !(self.shutdown_grace_s.is_finite() && self.shutdown_grace_s >= 0.0) {
             return err("shutdown_grace_s must be a non-negative number of seconds".to_owned());
+        }
+        if let Some(p) = &self.policies
+            && !(p.sync_interval_s.is_finite() && p.sync_interval_s >= 0.1)
+        {
+            return err("policies.sync_interval_s must be at least 0.1 seconds".to_owned());
         }
         Ok(())
     }

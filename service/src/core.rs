@@ -21,7 +21,7 @@ use crate::ServiceError;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::obs;
-use crate::policies::{NoPolicies, PolicyRegistry};
+use crate::policies::Policies;
 use crate::runs::{Registry, Run, RunState};
 
 /// The champion pointer of a model registry (`sandstorm models`, `docs/training.md`): one
@@ -60,6 +60,15 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
 }
 
+/// A router over `catalog` with `models`, running `policies` when there are any.
+fn router_for(catalog: &Catalog, models: ModelSet, policies: Option<&Policies>) -> Router {
+    let router = Router::new(catalog, models);
+    match policies {
+        Some(p) => router.with_policies(p.store().clone()),
+        None => router,
+    }
+}
+
 /// The shared state of the service.
 #[derive(Debug)]
 pub struct Core {
@@ -72,7 +81,8 @@ pub struct Core {
     /// The one writer of this service's telemetry (write-ahead log, then Parquet).
     telemetry: Option<sandstorm_datasets::TelemetryWriter>,
     tracker: TaskTracker,
-    pub(crate) policies: Box<dyn PolicyRegistry>,
+    /// The WASM policies every decision runs, when the configuration has `[policies]`.
+    pub(crate) policies: Option<Policies>,
 }
 
 impl Core {
@@ -89,7 +99,8 @@ impl Core {
             }
         };
         let models = ModelSet::load(&resolve_models_dir(&config.models_dir)?)?;
-        let router = Router::new(&catalog, models);
+        let policies = config.policies.as_ref().map(Policies::open).transpose()?;
+        let router = router_for(&catalog, models, policies.as_ref());
         let telemetry = match &config.telemetry_dir {
             None => None,
             Some(dir) => Some(sandstorm_datasets::TelemetryWriter::open(
@@ -119,7 +130,7 @@ impl Core {
             runs: Registry::new(config.max_retained_runs),
             telemetry,
             tracker: TaskTracker::new(),
-            policies: Box::new(NoPolicies),
+            policies,
         })
     }
 
@@ -145,7 +156,7 @@ impl Core {
     pub fn reload_models(&self) -> Result<String, ServiceError> {
         let models = ModelSet::load(&resolve_models_dir(&self.models_dir)?)?;
         let version = models.version().to_owned();
-        let router = Arc::new(Router::new(&self.catalog, models));
+        let router = Arc::new(router_for(&self.catalog, models, self.policies.as_ref()));
         *self.router.write().unwrap_or_else(PoisonError::into_inner) = router;
         tracing::info!(%version, "models reloaded");
         Ok(version)
@@ -208,6 +219,16 @@ impl Core {
         metrics::histogram!(obs::DECIDE_SECONDS).record(start.elapsed().as_secs_f64());
         match decided {
             Ok(decision) => {
+                for report in &decision.policies {
+                    metrics::histogram!(obs::POLICY_SECONDS, "policy" => report.name.clone())
+                        .record(report.elapsed_us / 1e6);
+                    if let Some(failure) = &report.failure {
+                        metrics::counter!(obs::POLICY_ERRORS,
+                            "policy" => report.name.clone(),
+                            "kind" => failure.kind.as_str())
+                        .increment(1);
+                    }
+                }
                 let winner = decision.winner();
                 metrics::counter!(obs::DECISIONS,
                     "strategy" => strategy,

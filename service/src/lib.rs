@@ -40,12 +40,12 @@ use std::time::Duration;
 
 pub use agent::{Agent, AgentConfig};
 pub use api::ApiDoc;
-pub use config::{ApiKey, Config, Limits, Scope, TenantLimits, hash_api_key};
+pub use config::{ApiKey, Config, Limits, PoliciesConfig, Scope, TenantLimits, hash_api_key};
 pub use core::{CHAMPION_FILE, Core, resolve_models_dir};
 
 /// How often a service on a model registry checks the champion pointer.
 const CHAMPION_POLL: Duration = Duration::from_secs(2);
-pub use policies::{NoPolicies, PolicyInfo, PolicyRegistry};
+pub use policies::PolicyInfo;
 pub use runs::{LogEvent, Run, RunState, RunView};
 
 /// Everything that can stop the service from starting or serving.

@@ -6,7 +6,7 @@
 //! - `decisions_total{strategy, provider, backend}`: decisions by strategy and chosen provider;
 //! - `decision_errors_total{strategy, reason}`;
 //! - `decide_duration_seconds`: whole decisions (enumerate, filter, predict, rank);
-//! - `policy_duration_seconds`, `policy_errors_total`: policy evaluation (no policies yet);
+//! - `policy_duration_seconds{policy}`, `policy_errors_total{policy, kind}`: each policy's call;
 //! - `runs_total{state, status, backend}`, `runs_in_flight`;
 //! - `breaker_state{breaker}`: 0 closed, 1 half-open, 2 open, per provider/region (set by
 //!   `sandstorm_executor`'s breakers whenever one changes);
