@@ -534,6 +534,18 @@ pub(crate) fn job_script(
     workdir: &str,
     embed_files: bool,
 ) -> Result<String, AdapterError> {
+    job_script_within(provider, job, workdir, embed_files, MAX_INLINE_SCRIPT_BYTES)
+}
+
+/// [`job_script`] for a provider whose limit on the command is `max_bytes` (below
+/// [`MAX_INLINE_SCRIPT_BYTES`]).
+pub(crate) fn job_script_within(
+    provider: &str,
+    job: &JobSpec,
+    workdir: &str,
+    embed_files: bool,
+    max_bytes: usize,
+) -> Result<String, AdapterError> {
     use base64::Engine;
     let fail = format!("exit {SETUP_FAILED_EXIT}");
     let mut script = format!(
@@ -551,10 +563,10 @@ pub(crate) fn job_script(
     }
     script.push_str(&run_line(job));
     script.push('\n');
-    if script.len() > MAX_INLINE_SCRIPT_BYTES {
+    if script.len() > max_bytes {
         return Err(AdapterError::InvalidJob(format!(
             "{provider} receives files inline in the command, and this job's command and files \
-             need {} bytes, more than the {MAX_INLINE_SCRIPT_BYTES} allowed",
+             need {} bytes, more than the {max_bytes} allowed",
             script.len()
         )));
     }

@@ -70,7 +70,8 @@ pub enum AdapterError {
         status: u16,
         message: String,
     },
-    /// A Connect RPC (E2B envd) ended with an error code, e.g. `resource_exhausted`.
+    /// An RPC ended with an error code: a Connect RPC (E2B envd) or a gRPC call (Modal), with
+    /// the code's snake-case name shared by both protocols, e.g. `resource_exhausted`.
     #[error("{provider} {phase} failed: rpc error {code}: {message}")]
     Rpc {
         provider: String,
@@ -116,9 +117,10 @@ pub enum AdapterError {
 impl AdapterError {
     /// Whether the same job may succeed when tried again, here later or on another candidate,
     /// without running twice: quota and rate limits (429, `resource_exhausted`), provider
-    /// errors (5xx, `unavailable`), connection failures and timeouts before the job started,
-    /// and a sandbox that failed to start. Never auth (401/403), bad requests (400/422), not
-    /// found (404), invalid jobs, missing configuration or anything after the job may have
+    /// errors (5xx, `unavailable`, `internal`), connection failures and timeouts before the
+    /// job started, and a sandbox that failed to start. Never auth (401/403, `unauthenticated`,
+    /// `permission_denied`), bad requests (400/422, `invalid_argument`), not found (404,
+    /// `not_found`), invalid jobs, missing configuration or anything after the job may have
     /// started.
     pub fn retryable(&self) -> bool {
         match self {
@@ -210,9 +212,13 @@ pub(crate) fn status_retryable(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || (500..=599).contains(&status)
 }
 
-/// Whether a Connect error code is worth another try.
+/// Whether a Connect or gRPC error code is worth another try: quota, the server's transient
+/// and internal errors (HTTP 429, 503 and 500 in both protocols' mappings), a conflict.
 pub(crate) fn rpc_code_retryable(code: &str) -> bool {
-    matches!(code, "resource_exhausted" | "unavailable" | "aborted")
+    matches!(
+        code,
+        "resource_exhausted" | "unavailable" | "internal" | "aborted"
+    )
 }
 
 #[cfg(test)]
@@ -274,7 +280,12 @@ mod tests {
         assert!(rpc("resource_exhausted").retryable());
         assert!(rpc("resource_exhausted").is_quota());
         assert!(rpc("unavailable").retryable());
+        assert!(rpc("internal").retryable());
         assert!(!rpc("unauthenticated").retryable());
+        assert!(!rpc("permission_denied").retryable());
+        assert!(rpc("permission_denied").is_auth());
+        assert!(!rpc("not_found").retryable());
+        assert_eq!(rpc("not_found").class(), "rpc_not_found");
         assert!(rpc("unauthenticated").is_auth());
         assert!(!rpc("invalid_argument").retryable());
     }

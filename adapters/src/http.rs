@@ -163,7 +163,7 @@ impl Api {
 
 /// The error and its sources, joined (reqwest hides the useful part, e.g. "connection
 /// refused", in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

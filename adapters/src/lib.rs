@@ -1,6 +1,6 @@
 //! Remote provider adapters: run a [`JobSpec`] on a remote [`Candidate`] (E2B, Daytona, Morph
-//! Cloud, Kubernetes; Modal is reported unavailable) and report the same [`RunResult`] the
-//! local runtime does, plus the measured [`Usage`] that prices the run.
+//! Cloud, Modal, Kubernetes) and report the same [`RunResult`] the local runtime does, plus the
+//! measured [`Usage`] that prices the run.
 //!
 //! # Using it
 //!
@@ -20,15 +20,15 @@
 //! # }
 //! ```
 //!
-//! Every run creates one sandbox (E2B sandbox, Daytona sandbox, Morph instance, Kubernetes
-//! pod), runs the job in it and deletes it — also after a failure, a timeout or a cancel. The
-//! job's wall-clock limit is enforced by the adapter (and, where the provider has one, by the
-//! provider's own deadline as a backstop); a [`RunControl`] cancel deletes the sandbox, and its
-//! output observer sees output as the provider streams it.
+//! Every run creates one sandbox (E2B sandbox, Daytona sandbox, Morph instance, Modal sandbox,
+//! Kubernetes pod), runs the job in it and deletes it — also after a failure, a timeout or a
+//! cancel. The job's wall-clock limit is enforced by the adapter (and, where the provider has
+//! one, by the provider's own deadline as a backstop); a [`RunControl`] cancel deletes the
+//! sandbox, and its output observer sees output as the provider streams it.
 //!
 //! [`RemoteProvider::run`] blocks. Call it from a plain thread or from tokio's
-//! `spawn_blocking`, never from async code: the adapters run their HTTP clients on their own
-//! small tokio runtime and wait on a channel.
+//! `spawn_blocking`, never from async code: the adapters run their HTTP and gRPC clients on
+//! their own small tokio runtime and wait on a channel.
 //!
 //! Like `runtime`, this crate must never route or train. Provider details (endpoints,
 //! environment variables, what is supported) are in `docs/providers.md`.
@@ -51,7 +51,7 @@ pub use e2b::{E2bConfig, E2bProvider};
 pub use edge::{EdgeProvider, edge_token_var};
 pub use error::{AdapterError, Phase};
 pub use kubernetes::{KubernetesConfig, KubernetesProvider};
-pub use modal::ModalProvider;
+pub use modal::{ModalConfig, ModalProvider};
 pub use morph::{MorphConfig, MorphProvider};
 pub use providers::Providers;
 use sandstorm_features::Candidate;

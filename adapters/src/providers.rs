@@ -12,7 +12,7 @@ use crate::e2b::{E2bConfig, E2bProvider};
 use crate::edge::EdgeProvider;
 use crate::error::AdapterError;
 use crate::kubernetes::{KubernetesConfig, KubernetesProvider};
-use crate::modal::ModalProvider;
+use crate::modal::{ModalConfig, ModalProvider};
 use crate::morph::{MorphConfig, MorphProvider};
 use crate::{RemoteProvider, RemoteRun, RunFailure};
 
@@ -51,8 +51,8 @@ impl RemoteProvider for Broken {
 
 impl Providers {
     /// Every adapter (e2b, daytona, morph, kubernetes, modal), configured from environment
-    /// variables (see `docs/providers.md`). Never fails: a provider without credentials is
-    /// present and reports `Unavailable` with the reason.
+    /// variables (and Modal's `~/.modal.toml` profile; see `docs/providers.md`). Never fails:
+    /// a provider without credentials is present and reports `Unavailable` with the reason.
     pub fn from_env() -> Self {
         Self::build(None)
     }
@@ -104,7 +104,12 @@ impl Providers {
                 b,
             )?))
         });
-        providers.push(Box::new(ModalProvider));
+        add("modal", &|b| {
+            Ok(Box::new(ModalProvider::with_bridge(
+                ModalConfig::from_env(),
+                b,
+            )?))
+        });
         let edges = catalog
             .into_iter()
             .flat_map(|c| &c.providers)

@@ -6,6 +6,7 @@ mod daytona;
 mod doubles;
 mod e2b;
 mod kubernetes;
+mod modal;
 mod morph;
 mod registry;
 

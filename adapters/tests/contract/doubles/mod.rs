@@ -3,12 +3,15 @@
 //! the providers' own error bodies — and record every request so tests can check it field by
 //! field. They are doubles for tests only, never a provider.
 //!
-//! Every double is one fallback handler that dispatches on method and path segments, so a
-//! request the contract does not have is answered 404 and shows up in the record.
+//! Every HTTP double is one fallback handler that dispatches on method and path segments, so a
+//! request the contract does not have is answered 404 and shows up in the record. Modal's API
+//! is gRPC: its double (`modal`) is a tonic server of the same generated service the adapter
+//! calls.
 
 pub(crate) mod daytona;
 pub(crate) mod e2b;
 pub(crate) mod kubernetes;
+pub(crate) mod modal;
 pub(crate) mod morph;
 
 use std::collections::BTreeMap;
