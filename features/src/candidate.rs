@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{PriceSheet, Quotas};
-use crate::request::Resources;
+use crate::request::{GpuRequest, Resources};
 
 /// How strongly a backend separates the code from its host, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -159,17 +159,26 @@ impl Candidate {
     /// Price per GPU-second of the cheapest GPU kind that satisfies `resources`: `Some(0.0)` when
     /// no GPU is requested, `None` when a GPU is requested and this candidate has no fitting kind.
     pub fn gpu_price_for(&self, resources: &Resources) -> Option<f64> {
-        let Some(gpu) = &resources.gpu else {
-            return Some(0.0);
-        };
+        match &resources.gpu {
+            None => Some(0.0),
+            Some(gpu) => self.gpu_kind_for(gpu).map(|(_, price)| price),
+        }
+    }
+
+    /// The GPU kind (as the price sheet names it) and its price per GPU-second that a run of
+    /// `gpu` gets on this candidate: the cheapest priced kind among the accepted ones (any
+    /// priced kind when `gpu.kinds` is empty; the first by name on a tie). `None` when no
+    /// priced kind is accepted. This is the kind [`Candidate::gpu_price_for`] prices, so an
+    /// adapter that asks its provider for this kind is billed what the router predicted.
+    pub fn gpu_kind_for(&self, gpu: &GpuRequest) -> Option<(&str, f64)> {
         self.prices
             .gpu_second
             .iter()
             .filter(|(kind, _)| {
                 gpu.kinds.is_empty() || gpu.kinds.iter().any(|k| k.eq_ignore_ascii_case(kind))
             })
-            .map(|(_, price)| *price)
-            .min_by(f64::total_cmp)
+            .map(|(kind, price)| (kind.as_str(), *price))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// List-price burn rate of a run with these resources, in USD per second (no start fee).

@@ -115,6 +115,10 @@ pub fn static_violation(request: &RunRequest, candidate: &Candidate) -> Option<V
             return Some(Violation::IsolationTooWeak { have, need });
         }
     }
+    // GPU requests only reach candidates whose price sheet names a fitting GPU kind (in the
+    // default catalog: Modal's). This filter is what keeps a GPU job away from providers and
+    // backends without GPUs; the adapters and local backends refuse a GPU job they cannot give
+    // a GPU too (defense in depth, for a catalog that prices a GPU nobody can provide).
     let offers_gpu = candidate.gpu_kinds().next().is_some();
     if (c.require_gpu || request.resources.gpu.is_some()) && !offers_gpu {
         return Some(Violation::NoGpu);
@@ -142,4 +146,94 @@ pub fn static_violation(request: &RunRequest, candidate: &Candidate) -> Option<V
         return Some(Violation::CannotBlockNetwork);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Catalog;
+    use crate::request::{GpuRequest, Language};
+
+    fn gpu_request(count: u32, kinds: &[&str]) -> RunRequest {
+        let mut r = RunRequest::command(Language::Python, "nvidia-smi");
+        // Network allowed, so only the GPU decides here.
+        r.allow_network = true;
+        r.resources.gpu = Some(GpuRequest {
+            count,
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        });
+        r
+    }
+
+    #[test]
+    fn gpu_requests_reach_only_candidates_that_price_a_fitting_gpu() {
+        let candidates = Catalog::default_catalog().candidates();
+        let feasible = |r: &RunRequest| -> Vec<String> {
+            candidates
+                .iter()
+                .filter(|c| static_violation(r, c).is_none())
+                .map(|c| c.id.clone())
+                .collect()
+        };
+        let any = gpu_request(1, &[]);
+        let ids = feasible(&any);
+        assert!(!ids.is_empty());
+        assert!(ids.iter().all(|id| id.starts_with("modal/")), "{ids:?}");
+        for c in candidates.iter().filter(|c| c.gpu_kinds().next().is_none()) {
+            assert_eq!(
+                static_violation(&any, c),
+                Some(Violation::NoGpu),
+                "{}",
+                c.id
+            );
+        }
+        // Kinds match case-insensitively; a kind no candidate prices is feasible nowhere.
+        assert_eq!(feasible(&gpu_request(2, &["H100"])), ids);
+        let modal = candidates
+            .iter()
+            .find(|c| c.provider == "modal")
+            .expect("modal candidate");
+        assert_eq!(
+            static_violation(&gpu_request(1, &["rtx-9090"]), modal),
+            Some(Violation::NoMatchingGpuKind)
+        );
+        // `require_gpu` alone keeps CPU-only candidates out too.
+        let mut cpu = RunRequest::command(Language::Python, "true");
+        cpu.allow_network = true;
+        cpu.constraints.require_gpu = true;
+        assert_eq!(feasible(&cpu), ids);
+    }
+
+    #[test]
+    fn the_priced_gpu_kind_is_the_cheapest_accepted_one() {
+        let modal = Catalog::default_catalog()
+            .candidates()
+            .into_iter()
+            .find(|c| c.provider == "modal")
+            .expect("modal candidate");
+        let kind = |kinds: &[&str]| {
+            let r = gpu_request(1, kinds);
+            let gpu = r.resources.gpu.clone().expect("gpu");
+            let picked = modal.gpu_kind_for(&gpu).map(|(k, p)| (k.to_owned(), p));
+            assert_eq!(
+                picked.as_ref().map(|(_, p)| *p),
+                modal.gpu_price_for(&r.resources)
+            );
+            picked.map(|(k, _)| k)
+        };
+        assert_eq!(kind(&[]).as_deref(), Some("t4"));
+        assert_eq!(kind(&["H100", "a10g"]).as_deref(), Some("a10g"));
+        assert_eq!(kind(&["nope"]), None);
+        let text = |count, kinds: &[&str]| {
+            gpu_request(count, kinds)
+                .resources
+                .gpu
+                .map(|g| g.to_string())
+        };
+        assert_eq!(text(1, &[]).as_deref(), Some("1 GPU (any kind)"));
+        assert_eq!(
+            text(2, &["h100", "a100-80gb"]).as_deref(),
+            Some("2 GPUs (h100 or a100-80gb)")
+        );
+    }
 }

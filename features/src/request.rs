@@ -78,6 +78,20 @@ pub struct GpuRequest {
     pub kinds: Vec<String>,
 }
 
+/// For messages: `2 GPUs (h100 or a100-80gb)`, `1 GPU (any kind)`.
+impl fmt::Display for GpuRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.count == 1 { "" } else { "s" };
+        write!(f, "{} GPU{s} (", self.count)?;
+        if self.kinds.is_empty() {
+            f.write_str("any kind")?;
+        } else {
+            f.write_str(&self.kinds.join(" or "))?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// Compute resources requested.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -27,6 +27,13 @@ pub enum RuntimeError {
         backend: IsolationBackend,
         reason: String,
     },
+    /// The job needs something this backend cannot give (a GPU): it was not run. Not a user
+    /// error, since another candidate may have it; nothing about the backend's health either.
+    #[error("backend `{backend}` cannot run this job: {reason}")]
+    Unsupported {
+        backend: IsolationBackend,
+        reason: String,
+    },
     /// The job directory could not be created or filled (disk full, permissions, ...).
     #[error("could not prepare the job directory: {0}")]
     JobDir(#[source] io::Error),

@@ -94,6 +94,7 @@ impl GvisorBackend {
         let entry = Instant::now();
         let started_at = OffsetDateTime::now_utc();
         job.validate()?;
+        job.refuse_gpu(IsolationBackend::Gvisor)?;
         let pool = self.pool()?;
         let limits = Limits::for_job(job);
         let command_line = job::command_line(job)?;

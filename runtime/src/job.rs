@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use sandstorm_features::{InputFile, Language, RunRequest};
+use sandstorm_features::{GpuRequest, InputFile, IsolationBackend, Language, RunRequest};
 
 use crate::error::RuntimeError;
 
@@ -36,6 +36,9 @@ pub struct JobSpec {
     pub cpu: f64,
     /// Memory in MiB; sets the data-segment limit.
     pub memory_mib: u64,
+    /// GPUs the job needs (`None`: a CPU job). The local backends have no GPU and refuse a job
+    /// that asks for one; so do remote adapters whose sandboxes have none.
+    pub gpu: Option<GpuRequest>,
     /// Wall-clock limit; the whole process group is killed when it passes.
     pub timeout: Duration,
     /// Whether the job may use the network (only sandboxing backends can refuse it).
@@ -54,11 +57,24 @@ impl JobSpec {
             files: r.files.clone(),
             cpu: r.resources.cpu,
             memory_mib: r.resources.memory_mib,
+            gpu: r.resources.gpu.clone(),
             // A validated request has a finite positive timeout; anything else becomes zero
             // and is refused by `validate`.
             timeout: Duration::try_from_secs_f64(r.timeout_s).unwrap_or(Duration::ZERO),
             allow_network: r.allow_network,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+
+    /// Refuses a job that asks for a GPU on `backend`, a local backend: none of them has one,
+    /// and running the job without its GPU would be wrong.
+    pub(crate) fn refuse_gpu(&self, backend: IsolationBackend) -> Result<(), RuntimeError> {
+        match &self.gpu {
+            None => Ok(()),
+            Some(gpu) => Err(RuntimeError::Unsupported {
+                backend,
+                reason: format!("the job asks for {gpu}, and local backends have no GPU"),
+            }),
         }
     }
 
@@ -88,6 +104,9 @@ impl JobSpec {
         }
         if self.memory_mib == 0 {
             return invalid("memory_mib must be positive".into());
+        }
+        if self.gpu.as_ref().is_some_and(|g| g.count == 0) {
+            return invalid("gpu count must be positive (leave `gpu` out for a CPU job)".into());
         }
         let mut paths = BTreeSet::new();
         if self.code.is_some() {
@@ -323,6 +342,43 @@ mod tests {
         assert_eq!(job.max_output_bytes, 1024 * 1024);
         request.timeout_s = f64::NAN;
         assert_eq!(JobSpec::from_request(&request).timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn from_request_keeps_the_gpu_and_local_backends_refuse_it() {
+        let mut request = RunRequest::command(Language::Python, "nvidia-smi");
+        assert_eq!(JobSpec::from_request(&request).gpu, None);
+        let cpu_job = JobSpec::from_request(&request);
+        assert!(cpu_job.refuse_gpu(IsolationBackend::Process).is_ok());
+        let gpu = GpuRequest {
+            count: 2,
+            kinds: vec!["h100".into(), "a100-80gb".into()],
+        };
+        request.resources.gpu = Some(gpu.clone());
+        let job = JobSpec::from_request(&request);
+        assert_eq!(job.gpu, Some(gpu));
+        assert_eq!(reason(&job), "ok");
+        for backend in [
+            IsolationBackend::Process,
+            IsolationBackend::Bubblewrap,
+            IsolationBackend::Gvisor,
+        ] {
+            let err = job.refuse_gpu(backend).expect_err("no local GPU");
+            assert!(!err.is_user_error(), "another candidate may have a GPU");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "backend `{backend}` cannot run this job: the job asks for 2 GPUs \
+                     (h100 or a100-80gb), and local backends have no GPU"
+                )
+            );
+        }
+        let mut zero = job.clone();
+        zero.gpu = Some(GpuRequest {
+            count: 0,
+            kinds: Vec::new(),
+        });
+        assert!(reason(&zero).contains("gpu count must be positive"));
     }
 
     #[test]

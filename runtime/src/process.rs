@@ -132,6 +132,7 @@ pub(crate) fn probe_job() -> JobSpec {
         files: Vec::new(),
         cpu: 1.0,
         memory_mib: 64,
+        gpu: None,
         timeout: PROBE_TIMEOUT,
         allow_network: false,
         max_output_bytes: 4096,

@@ -135,6 +135,7 @@ pub(crate) fn execute(
     let entry = Instant::now();
     let started_at = OffsetDateTime::now_utc();
     job.validate()?;
+    job.refuse_gpu(sandbox.backend())?;
     let limits = Limits::for_job(job);
     let prepared = PreparedJob::prepare(job)?;
     let wrapped = match sandbox.wrap(job, &prepared, &limits) {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::{code, command, eventually_none, live_in_group, live_with_token, run};
-use sandstorm_features::{InputFile, IsolationBackend, Language};
-use sandstorm_runtime::{Engine, OutputStream, RunControl, RunStatus};
+use sandstorm_features::{GpuRequest, InputFile, IsolationBackend, Language};
+use sandstorm_runtime::{Engine, OutputStream, RunControl, RunStatus, RuntimeError};
 
 /// How long killed processes may take to disappear from /proc.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
@@ -200,6 +200,38 @@ fn unsafe_file_path_is_a_user_error(backend: IsolationBackend) {
     assert!(err.to_string().contains("../escape.txt"), "{err}");
 }
 
+fn gpu_job_is_refused_before_anything_runs(backend: IsolationBackend) {
+    let mut job = command("echo ran", 30.0);
+    job.gpu = Some(GpuRequest {
+        count: 1,
+        kinds: vec!["h100".into()],
+    });
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = Arc::clone(&seen);
+    let control = RunControl::with_output_observer(move |_, chunk| {
+        sink.lock().expect("sink").extend_from_slice(chunk);
+    });
+    let engine = Engine::new();
+    let err = engine
+        .backend(backend)
+        .map(|b| b.run_controlled(&job, &control))
+        .expect("backend exists")
+        .expect_err("a local backend has no GPU");
+    assert!(
+        matches!(err, RuntimeError::Unsupported { backend: b, .. } if b == backend),
+        "{err:?}"
+    );
+    assert!(!err.is_user_error(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("backend `{backend}`"))
+            && text.contains("1 GPU (h100)")
+            && text.contains("no GPU"),
+        "{text}"
+    );
+    assert!(seen.lock().expect("seen").is_empty(), "nothing ran");
+}
+
 fn cancel_kills_the_whole_group_and_output_is_observed(backend: IsolationBackend, token: &str) {
     let seen = Arc::new(Mutex::new(Vec::<(OutputStream, Vec<u8>)>::new()));
     let sink = Arc::clone(&seen);
@@ -320,6 +352,10 @@ macro_rules! backend_tests {
             #[test]
             fn unsafe_file_path_is_a_user_error() {
                 super::unsafe_file_path_is_a_user_error($backend);
+            }
+            #[test]
+            fn gpu_job_is_refused_before_anything_runs() {
+                super::gpu_job_is_refused_before_anything_runs($backend);
             }
             #[test]
             fn cancel_kills_the_whole_group_and_output_is_observed() {
