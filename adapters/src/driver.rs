@@ -18,7 +18,7 @@ use sandstorm_runtime::{
 };
 
 use crate::error::AdapterError;
-use crate::{RemoteRun, RunFailure, Usage};
+use crate::{GpuUsage, RemoteRun, RunFailure, Usage};
 
 /// How often a running job checks its [`RunControl`] for a cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(25);
@@ -189,6 +189,18 @@ pub(crate) trait Sandbox: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The GPUs the sandbox is given for `job` (`None` for a CPU job), decided before anything
+    /// is created. A job that asks for a GPU must never run without one, so the default refuses
+    /// it: only an adapter that really asks its provider for GPUs overrides this.
+    fn gpu(&self, _candidate: &Candidate, job: &JobSpec) -> Result<Option<GpuUsage>, AdapterError> {
+        let provider = self.provider();
+        refuse_gpu(
+            provider,
+            job,
+            &format!("this adapter creates {provider} sandboxes without a GPU"),
+        )
+    }
+
     /// vCPUs and memory (MiB) the provider reports for the created sandbox, when it does;
     /// they replace [`Sandbox::provisioned`] in the usage.
     fn reported_resources(&self, _handle: &Self::Handle) -> Option<(f64, u64)> {
@@ -331,6 +343,7 @@ pub(crate) async fn drive<S: Sandbox>(
         .into());
     }
     sandbox.check(&candidate, &job)?;
+    let gpu = sandbox.gpu(&candidate, &job)?;
     let clock = Clock::start();
     let (vcpu, memory_mib) = sandbox.provisioned(&job);
     let mut usage = Usage {
@@ -339,6 +352,7 @@ pub(crate) async fn drive<S: Sandbox>(
         sandbox_seconds: 0.0,
         vcpu,
         memory_mib,
+        gpu,
         deleted: false,
     };
     let mut output = Output::new(control.clone(), job.max_output_bytes);
@@ -483,6 +497,22 @@ fn finish(
         peak_memory_mib: None,
         error_class: error_class.map(str::to_owned),
         enforced_limits,
+    }
+}
+
+/// `Ok(None)` for a CPU job; for a GPU job, the refusal of `provider`, which cannot give one
+/// because of `why` (e.g. "E2B sandboxes have no GPU").
+pub(crate) fn refuse_gpu(
+    provider: &str,
+    job: &JobSpec,
+    why: &str,
+) -> Result<Option<GpuUsage>, AdapterError> {
+    match &job.gpu {
+        None => Ok(None),
+        Some(gpu) => Err(AdapterError::Unsupported {
+            provider: provider.into(),
+            reason: format!("the job asks for {gpu}, but {why}"),
+        }),
     }
 }
 

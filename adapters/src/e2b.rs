@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::driver::{self, Bridge, Configured, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
 use crate::http::{self, Api};
-use crate::{RemoteProvider, RemoteRun, RunFailure, env_var, redacted};
+use crate::{GpuUsage, RemoteProvider, RemoteRun, RunFailure, env_var, redacted};
 
 const PROVIDER: &str = "e2b";
 /// Port envd listens on inside every sandbox.
@@ -245,6 +245,10 @@ impl Sandbox for E2b {
                 }
             ),
         ]
+    }
+
+    fn gpu(&self, _candidate: &Candidate, job: &JobSpec) -> Result<Option<GpuUsage>, AdapterError> {
+        driver::refuse_gpu(PROVIDER, job, "E2B sandboxes have no GPU")
     }
 
     fn check(&self, _candidate: &Candidate, job: &JobSpec) -> Result<(), AdapterError> {

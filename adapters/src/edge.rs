@@ -129,6 +129,17 @@ impl RemoteProvider for EdgeProvider {
         }
         job.validate()
             .map_err(|e| AdapterError::InvalidJob(e.to_string()))?;
+        if let Some(gpu) = &job.gpu {
+            return Err(AdapterError::Unsupported {
+                provider: self.name.into(),
+                reason: format!(
+                    "the job asks for {gpu}, but edge agent `{}` runs jobs on its host's local \
+                     backends, which have no GPU",
+                    self.name
+                ),
+            }
+            .into());
+        }
         let (api, endpoint, token) =
             self.configured()
                 .map_err(|reason| AdapterError::NotConfigured {
@@ -172,6 +183,8 @@ fn request_body(job: &JobSpec) -> Result<Vec<u8>, AdapterError> {
     request.resources = Resources {
         cpu: job.cpu,
         memory_mib: job.memory_mib,
+        // Refused before sending (see `run`); passed on so an agent refuses it too.
+        gpu: job.gpu.clone(),
         ..request.resources
     };
     request.timeout_s = job.timeout.as_secs_f64();
@@ -219,6 +232,7 @@ impl Call {
                     sandbox_seconds: 0.0,
                     vcpu: self.vcpu,
                     memory_mib: self.memory_mib,
+                    gpu: None,
                     deleted: false,
                 },
             });
@@ -243,6 +257,7 @@ impl Call {
             sandbox_seconds: started.elapsed().as_secs_f64(),
             vcpu: self.vcpu,
             memory_mib: self.memory_mib,
+            gpu: None,
             deleted,
         };
         let run_url = http::join(&self.base, &format!("/v1/agent/runs/{id}"));
@@ -326,5 +341,57 @@ fn cancelled(started_at: time::OffsetDateTime, started: Instant) -> RunResult {
         peak_memory_mib: None,
         error_class: Some("cancelled".to_owned()),
         enforced_limits: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstorm_features::{Catalog, GpuRequest, Language};
+
+    #[test]
+    fn a_gpu_job_is_refused_before_the_agent_is_called() {
+        let catalog = Catalog::from_toml(
+            &sandstorm_features::DEFAULT_CATALOG_TOML.replace("enabled = false", "enabled = true"),
+        )
+        .expect("catalog");
+        let spec = catalog
+            .providers
+            .iter()
+            .find(|p| p.kind == ProviderKind::Edge)
+            .expect("edge agent");
+        let candidate = catalog
+            .candidates()
+            .into_iter()
+            .find(|c| c.provider == spec.name)
+            .expect("edge candidate");
+        let bridge = Bridge::new().expect("bridge");
+        // No token: a call to the agent would fail as not configured instead.
+        let agent = EdgeProvider::from_spec(spec, bridge);
+        let mut request = RunRequest::command(Language::Sh, "nvidia-smi");
+        request.resources.gpu = Some(GpuRequest {
+            count: 1,
+            kinds: Vec::new(),
+        });
+        let job = JobSpec::from_request(&request);
+        let failure = agent
+            .run(&candidate, &job, &RunControl::new())
+            .expect_err("no GPU at the edge");
+        assert!(
+            matches!(failure.error, AdapterError::Unsupported { .. }),
+            "{failure:?}"
+        );
+        assert!(!failure.retryable() && failure.usage.is_none());
+        assert_eq!(
+            failure.to_string(),
+            format!(
+                "provider `{0}` cannot run this: the job asks for 1 GPU (any kind), but edge \
+                 agent `{0}` runs jobs on its host's local backends, which have no GPU",
+                spec.name
+            )
+        );
+        let body: RunRequest =
+            serde_json::from_slice(&request_body(&job).expect("body")).expect("request");
+        assert_eq!(body.resources.gpu, request.resources.gpu);
     }
 }

@@ -25,7 +25,7 @@ use sandstorm_runtime::{Availability, JobSpec, OutputStream, RunControl};
 
 use crate::driver::{self, Bridge, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
-use crate::{RemoteProvider, RemoteRun, RunFailure, env_var};
+use crate::{GpuUsage, RemoteProvider, RemoteRun, RunFailure, env_var};
 
 const PROVIDER: &str = "kubernetes";
 
@@ -489,6 +489,17 @@ impl Sandbox for Kubernetes {
             limits.push(format!("runtime_class={class}"));
         }
         limits
+    }
+
+    fn gpu(&self, _candidate: &Candidate, job: &JobSpec) -> Result<Option<GpuUsage>, AdapterError> {
+        // A cluster may have GPU nodes, but a pod only gets one with an `nvidia.com/gpu` limit
+        // (plus a node selector for the kind), and the catalog prices no GPU for kubernetes.
+        driver::refuse_gpu(
+            PROVIDER,
+            job,
+            "this adapter sets no `nvidia.com/gpu` limit on its pods (the catalog prices no GPU \
+             for kubernetes)",
+        )
     }
 
     fn check(&self, candidate: &Candidate, job: &JobSpec) -> Result<(), AdapterError> {

@@ -116,6 +116,8 @@ pub struct Usage {
     pub vcpu: f64,
     /// Memory the sandbox was provisioned with, in MiB.
     pub memory_mib: u64,
+    /// GPUs the sandbox was provisioned with (`None`: a CPU sandbox).
+    pub gpu: Option<GpuUsage>,
     /// Whether the delete succeeded. When false the sandbox lives on until the provider's own
     /// timeout (the adapters always set one), so the real cost can be higher.
     pub deleted: bool,
@@ -123,8 +125,12 @@ pub struct Usage {
 
 impl Usage {
     /// Cost in USD under `candidate`'s price sheet: the start fee plus (vCPU × price per
-    /// vCPU-second plus GiB × price per GiB-second) × max(lifetime, minimum billed seconds).
-    /// Zero when no sandbox was created.
+    /// vCPU-second plus GiB × price per GiB-second plus GPUs × price per GPU-second of their
+    /// kind) × max(lifetime, minimum billed seconds). Zero when no sandbox was created.
+    ///
+    /// The GPU kind comes from the candidate's own sheet (see [`Candidate::gpu_kind_for`]);
+    /// should the sheet not price it, the dearest GPU it prices stands in (an upper bound, and
+    /// logged), never a GPU-free price.
     pub fn cost_usd(&self, candidate: &Candidate) -> f64 {
         if self.sandbox_id.is_none() {
             return 0.0;
@@ -134,7 +140,40 @@ impl Usage {
             memory_mib: self.memory_mib,
             ..Resources::default()
         };
-        candidate.list_cost_usd(&resources, self.sandbox_seconds)
+        let gpu_per_s = self
+            .gpu
+            .as_ref()
+            .map_or(0.0, |gpu| gpu.price_per_s(candidate));
+        let seconds = self
+            .sandbox_seconds
+            .max(candidate.prices.min_billed_seconds);
+        candidate.list_cost_usd(&resources, self.sandbox_seconds) + gpu_per_s * seconds
+    }
+}
+
+/// GPUs a sandbox was provisioned with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuUsage {
+    /// The GPU kind as the candidate's price sheet names it, e.g. `h100`.
+    pub kind: String,
+    /// How many GPUs of that kind.
+    pub count: u32,
+}
+
+impl GpuUsage {
+    /// USD per second of these GPUs under `candidate`'s price sheet.
+    fn price_per_s(&self, candidate: &Candidate) -> f64 {
+        let prices = &candidate.prices.gpu_second;
+        let price = prices
+            .iter()
+            .find(|(kind, _)| kind.eq_ignore_ascii_case(&self.kind))
+            .map(|(_, price)| *price)
+            .unwrap_or_else(|| {
+                let dearest = prices.values().copied().fold(0.0, f64::max);
+                tracing::warn!(candidate = %candidate.id, kind = %self.kind, dearest, "the price sheet does not price this GPU kind; costing it as the dearest GPU it prices");
+                dearest
+            });
+        price * f64::from(self.count)
     }
 }
 
@@ -205,6 +244,63 @@ mod tests {
     }
 
     #[test]
+    fn cost_of_a_gpu_run_includes_its_gpus() {
+        let modal = candidate("modal");
+        let usage = Usage {
+            provider: "modal".into(),
+            sandbox_id: Some("sb-1".into()),
+            sandbox_seconds: 10.0,
+            vcpu: 2.0,
+            memory_mib: 2048,
+            gpu: Some(GpuUsage {
+                kind: "h100".into(),
+                count: 2,
+            }),
+            deleted: true,
+        };
+        let h100 = modal.prices.gpu_second["h100"];
+        assert!(h100 > 0.0);
+        let expected = modal.prices.start
+            + (2.0 * modal.prices.vcpu_second + 2.0 * modal.prices.gib_second + 2.0 * h100)
+                * 10.0_f64.max(modal.prices.min_billed_seconds);
+        assert!((usage.cost_usd(&modal) - expected).abs() < 1e-12);
+        // The same as the router's list price of the request, GPU included.
+        let resources = Resources {
+            cpu: 2.0,
+            memory_mib: 2048,
+            gpu: Some(sandstorm_features::GpuRequest {
+                count: 2,
+                kinds: vec!["h100".into()],
+            }),
+            ..Resources::default()
+        };
+        assert!((usage.cost_usd(&modal) - modal.list_cost_usd(&resources, 10.0)).abs() < 1e-12);
+        let cpu_only = Usage {
+            gpu: None,
+            ..usage.clone()
+        };
+        let gpu_share = usage.cost_usd(&modal) - cpu_only.cost_usd(&modal);
+        assert!((gpu_share - 2.0 * h100 * 10.0).abs() < 1e-12, "{gpu_share}");
+        // A kind the sheet does not price is costed as its dearest GPU, never as free.
+        let unpriced = Usage {
+            gpu: Some(GpuUsage {
+                kind: "b200".into(),
+                count: 1,
+            }),
+            ..usage
+        };
+        let dearest = modal
+            .prices
+            .gpu_second
+            .values()
+            .copied()
+            .fold(0.0, f64::max);
+        assert!(
+            (unpriced.cost_usd(&modal) - cpu_only.cost_usd(&modal) - dearest * 10.0).abs() < 1e-12
+        );
+    }
+
+    #[test]
     fn cost_is_price_sheet_times_measured_lifetime_and_resources() {
         let e2b = candidate("e2b");
         let usage = Usage {
@@ -213,6 +309,7 @@ mod tests {
             sandbox_seconds: 10.0,
             vcpu: 2.0,
             memory_mib: 1024,
+            gpu: None,
             deleted: true,
         };
         let expected = e2b.prices.start

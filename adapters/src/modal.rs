@@ -6,8 +6,9 @@
 //! 2. `ImageGetOrCreate` for the job language's registry image (`FROM python:3.12-slim`, ...),
 //!    then `ImageJoinStreaming` until the build has a result when Modal had not built it yet;
 //! 3. `SandboxCreate` with the job as the entrypoint (`/bin/sh -c <script>`, files embedded in
-//!    the script), milli-CPU and memory requests (= limits), a lifetime backstop, the
-//!    candidate's region and the network blocked unless the job allows it;
+//!    the script), milli-CPU and memory requests (= limits), the GPUs a GPU job needs (see
+//!    [`modal_gpu`]), a lifetime backstop, the candidate's region and the network blocked
+//!    unless the job allows it;
 //! 4. `SandboxGetTaskId` until the sandbox is scheduled;
 //! 5. `SandboxGetLogs` (server streaming, stdout and stderr separately, resumed from the last
 //!    entry id when Modal ends a stream) while `SandboxWait` long-polls for the exit;
@@ -34,7 +35,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use crate::driver::{self, Bridge, Configured, Exit, Output, Sandbox};
 use crate::error::{AdapterError, Phase};
 use crate::http;
-use crate::{RemoteProvider, RemoteRun, RunFailure};
+use crate::{GpuUsage, RemoteProvider, RemoteRun, RunFailure};
 
 mod config;
 
@@ -79,6 +80,94 @@ const POLL_RETRIES: u32 = 3;
 
 /// Pause before the first repeat of a poll (doubled, then tripled).
 const POLL_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// GPU types Modal takes in `GPUConfig.gpu_type`, in Modal's spelling. The SDK sends
+/// `gpu="h100"` as `H100` (upper-cased, the count after a `:`), and the server checks the name;
+/// these are the types of the published `GPUType` enum (`T4`, `L4`, `A10G`, `A100`,
+/// `A100_80GB` as `A100-80GB`, `L40S`, `H100`, `H200`) plus `A100-40GB` and `B200` from Modal's
+/// GPU guide. `ANY` is left out on purpose: it is billed as whatever GPU Modal picks, so its
+/// cost is not known in advance.
+const GPU_TYPES: [&str; 10] = [
+    "T4",
+    "L4",
+    "A10G",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H200",
+    "B200",
+];
+
+/// Modal's name of the GPU kind `kind` as the catalog and requests spell it (any case), e.g.
+/// `a100-80gb` → `A100-80GB`.
+fn gpu_type(kind: &str) -> Option<&'static str> {
+    GPU_TYPES.into_iter().find(|t| t.eq_ignore_ascii_case(kind))
+}
+
+/// The GPUs one Modal sandbox is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModalGpu {
+    /// The kind as `candidate`'s price sheet names it (what the run is billed by).
+    kind: String,
+    /// Modal's name of it, sent as `GPUConfig.gpu_type`.
+    gpu_type: &'static str,
+    count: u32,
+}
+
+/// The GPUs `job` is given on `candidate` (`None` for a CPU job): the kind the router priced
+/// ([`Candidate::gpu_kind_for`], the cheapest kind of the price sheet the job accepts; "any
+/// kind" too asks for that one rather than Modal's `ANY`), in Modal's spelling. Refused before
+/// anything is created: a job none of whose kinds Modal has is an invalid job; a candidate
+/// whose price sheet has no fitting kind, or names a kind Modal does not have, is unsupported.
+fn modal_gpu(candidate: &Candidate, job: &JobSpec) -> Result<Option<ModalGpu>, AdapterError> {
+    let Some(gpu) = &job.gpu else {
+        return Ok(None);
+    };
+    let modal_kinds = || GPU_TYPES.map(str::to_ascii_lowercase).join(", ");
+    if !gpu.kinds.is_empty() && gpu.kinds.iter().all(|k| gpu_type(k).is_none()) {
+        return Err(AdapterError::InvalidJob(format!(
+            "Modal has no GPU of kind {}; its GPU kinds are {}",
+            gpu.kinds
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            modal_kinds()
+        )));
+    }
+    let unsupported = |reason: String| AdapterError::Unsupported {
+        provider: PROVIDER.into(),
+        reason,
+    };
+    let Some((kind, _)) = candidate.gpu_kind_for(gpu) else {
+        let priced: Vec<&str> = candidate.gpu_kinds().collect();
+        return Err(unsupported(format!(
+            "the job asks for {gpu}, but the catalog prices no such GPU for candidate `{}` (it \
+             prices {})",
+            candidate.id,
+            if priced.is_empty() {
+                "none".to_owned()
+            } else {
+                priced.join(", ")
+            }
+        )));
+    };
+    let Some(gpu_type) = gpu_type(kind) else {
+        return Err(unsupported(format!(
+            "the catalog prices GPU kind `{kind}` for candidate `{}`, which is not a Modal GPU \
+             (Modal's GPU kinds are {})",
+            candidate.id,
+            modal_kinds()
+        )));
+    };
+    Ok(Some(ModalGpu {
+        kind: kind.to_owned(),
+        gpu_type,
+        count: gpu.count,
+    }))
+}
 
 /// The Modal adapter.
 #[derive(Debug)]
@@ -680,7 +769,7 @@ impl Sandbox for Modal {
 
     fn enforced_limits(&self, candidate: &Candidate, job: &JobSpec) -> Vec<String> {
         let milli = milli_cpu(job.cpu);
-        vec![
+        let mut limits = vec![
             format!("provider={PROVIDER}"),
             format!("image={}", self.image_tag(job.language)),
             format!("milli_cpu={milli}"),
@@ -697,7 +786,19 @@ impl Sandbox for Modal {
                 }
             ),
             format!("region={}", candidate.region),
-        ]
+        ];
+        // Refused before this is asked (`Sandbox::gpu`), so the `Err` cannot happen here.
+        if let Ok(Some(gpu)) = modal_gpu(candidate, job) {
+            limits.push(format!("gpu={}:{}", gpu.gpu_type, gpu.count));
+        }
+        limits
+    }
+
+    fn gpu(&self, candidate: &Candidate, job: &JobSpec) -> Result<Option<GpuUsage>, AdapterError> {
+        Ok(modal_gpu(candidate, job)?.map(|g| GpuUsage {
+            kind: g.kind,
+            count: g.count,
+        }))
     }
 
     fn check(&self, _candidate: &Candidate, job: &JobSpec) -> Result<(), AdapterError> {
@@ -717,6 +818,10 @@ impl Sandbox for Modal {
         job: &JobSpec,
     ) -> Result<(Handle, String), AdapterError> {
         let script = self.script(job)?;
+        let gpu_config = modal_gpu(candidate, job)?.map(|g| proto::GpuConfig {
+            count: g.count,
+            gpu_type: g.gpu_type.to_owned(),
+        });
         let client = self.client().await;
         let app_id = self.app(&client).await?;
         let image_id = self
@@ -737,6 +842,7 @@ impl Sandbox for Modal {
                 resources: Some(proto::Resources {
                     memory_mb,
                     milli_cpu: milli,
+                    gpu_config,
                     memory_mb_max: memory_mb,
                     milli_cpu_max: milli,
                 }),
@@ -949,6 +1055,87 @@ mod tests {
         assert_eq!(milli_cpu(0.3), 150);
         assert_eq!(vcpus(500), 1.0);
         assert_eq!(vcpus(125), 0.25);
+    }
+
+    fn gpu_job(count: u32, kinds: &[&str]) -> JobSpec {
+        let mut request = sandstorm_features::RunRequest::command(Language::Python, "nvidia-smi");
+        request.resources.gpu = Some(sandstorm_features::GpuRequest {
+            count,
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        });
+        JobSpec::from_request(&request)
+    }
+
+    fn modal_candidate() -> Candidate {
+        sandstorm_features::Catalog::default_catalog()
+            .candidates()
+            .into_iter()
+            .find(|c| c.provider == PROVIDER)
+            .expect("modal candidate")
+    }
+
+    #[test]
+    fn every_gpu_the_default_catalog_prices_for_modal_is_a_modal_gpu_type() {
+        let candidate = modal_candidate();
+        let kinds: Vec<&str> = candidate.gpu_kinds().collect();
+        assert!(!kinds.is_empty());
+        for kind in kinds {
+            let gpu = modal_gpu(&candidate, &gpu_job(1, &[kind]))
+                .expect("a modal gpu")
+                .expect("gpu job");
+            assert_eq!(gpu.kind, kind);
+            assert_eq!(
+                gpu.gpu_type,
+                kind.to_ascii_uppercase(),
+                "the SDK upper-cases"
+            );
+        }
+    }
+
+    #[test]
+    fn gpu_kinds_map_to_modal_names_and_unknown_ones_are_refused() {
+        let candidate = modal_candidate();
+        let gpu = |count, kinds: &[&str]| modal_gpu(&candidate, &gpu_job(count, kinds));
+        let cpu = JobSpec::from_request(&sandstorm_features::RunRequest::command(
+            Language::Sh,
+            "true",
+        ));
+        assert_eq!(modal_gpu(&candidate, &cpu).expect("cpu"), None);
+        let picked = |count, kinds: &[&str]| {
+            gpu(count, kinds)
+                .expect("mapped")
+                .map(|g| (g.kind, g.gpu_type, g.count))
+        };
+        // Any kind: the cheapest the sheet prices, as the router priced it (not Modal's ANY).
+        assert_eq!(picked(1, &[]), Some(("t4".into(), "T4", 1)));
+        assert_eq!(picked(2, &["H100"]), Some(("h100".into(), "H100", 2)));
+        assert_eq!(
+            picked(1, &["a100-80gb", "h100"]),
+            Some(("a100-80gb".into(), "A100-80GB", 1))
+        );
+        // Kinds Modal does not have: the job's fault, refused before anything is created.
+        let err = gpu(1, &["rtx-4090", "mi300x"]).expect_err("unknown kinds");
+        assert!(err.is_user_error(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid job: Modal has no GPU of kind `rtx-4090` or `mi300x`; its GPU kinds are \
+             t4, l4, a10g, a100, a100-40gb, a100-80gb, l40s, h100, h200, b200"
+        );
+        // A Modal kind the catalog does not price for this candidate: not routable here.
+        let err = gpu(1, &["l40s"]).expect_err("unpriced");
+        assert!(matches!(err, AdapterError::Unsupported { .. }), "{err}");
+        assert!(
+            err.to_string().contains("prices no such GPU") && err.to_string().contains("h100"),
+            "{err}"
+        );
+        // A catalog that prices a GPU under a name Modal does not know.
+        let mut odd = candidate.clone();
+        odd.prices.gpu_second = [("rtx-4090".to_owned(), 0.0001)].into_iter().collect();
+        let err = modal_gpu(&odd, &gpu_job(1, &[])).expect_err("catalog kind unknown to Modal");
+        assert!(matches!(err, AdapterError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("`rtx-4090`"), "{err}");
+        assert_eq!(gpu_type("a10G"), Some("A10G"));
+        assert_eq!(gpu_type("any"), None);
     }
 
     #[test]

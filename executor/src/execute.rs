@@ -88,6 +88,17 @@ impl AttemptError {
         }
     }
 
+    /// Whether the candidate cannot give the job what it needs (e.g. a GPU job on a candidate
+    /// without GPUs): a mismatch of job and candidate that says nothing about the provider's
+    /// health, so it is no circuit-breaker failure.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Local(RuntimeError::Unsupported { .. })
+                | AttemptError::Remote(AdapterError::Unsupported { .. })
+        )
+    }
+
     /// Whether the job may have started before the error.
     pub fn job_may_have_started(&self) -> bool {
         match self {
@@ -112,6 +123,7 @@ impl AttemptError {
                 RuntimeError::InvalidJob(_) => "invalid_job",
                 RuntimeError::InterpreterNotFound { .. } => "interpreter_not_found",
                 RuntimeError::Unavailable { .. } => "unavailable",
+                RuntimeError::Unsupported { .. } => "unsupported",
                 RuntimeError::JobDir(_) => "job_dir",
                 RuntimeError::Spawn { .. } => "spawn",
                 RuntimeError::Internal(_) => "internal",
@@ -597,7 +609,9 @@ fn settle(permit: Permit<'_>, outcome: &AttemptOutcome, cancelled: bool) {
             RunStatus::Quota | RunStatus::Unavailable => permit.failure(result.status.as_str()),
             _ => permit.success(),
         },
-        AttemptOutcome::Failed { error, .. } if error.is_user_error() => permit.neutral(),
+        AttemptOutcome::Failed { error, .. } if error.is_user_error() || error.is_unsupported() => {
+            permit.neutral()
+        }
         AttemptOutcome::Failed { error, .. } => permit.failure(&error.class()),
     }
 }
@@ -677,5 +691,14 @@ mod tests {
         let internal = AttemptError::Local(RuntimeError::Internal("bug".into()));
         assert!(!internal.retryable());
         assert!(!internal.is_user_error());
+        assert!(!internal.is_unsupported());
+        let no_gpu = AttemptError::Local(RuntimeError::Unsupported {
+            backend: sandstorm_features::IsolationBackend::Process,
+            reason: "the job asks for 1 GPU (any kind), and local backends have no GPU".into(),
+        });
+        assert!(!no_gpu.retryable() && !no_gpu.is_user_error());
+        assert!(no_gpu.is_unsupported());
+        assert_eq!(no_gpu.class(), "unsupported");
+        assert_eq!(no_gpu.run_status(), RunStatus::Unavailable);
     }
 }

@@ -41,7 +41,9 @@
 //!   interpreter or a job directory that could not be prepared) moves on to the next
 //!   candidate after a bounded exponential backoff ([`FailoverPolicy`]).
 //! - Any other failure stops: an invalid job (the user's to fix), refused credentials, a bad
-//!   request, a provider that is not configured, and a failure after the job may have
+//!   request, a provider that is not configured, a candidate that cannot give the job what it
+//!   needs (a GPU job on a candidate without GPUs: the router's GPU filter never sends one
+//!   there, so this is a catalog mistake to surface), and a failure after the job may have
 //!   started (a connection lost while it ran).
 //! - A cancel stops the loop (also during a backoff).
 //! - Candidates that cannot run now are skipped, with the reason in
@@ -55,9 +57,9 @@
 //!
 //! [`Breakers`] keeps one breaker per `provider/region`: it opens after
 //! [`BreakerConfig::failure_threshold`] consecutive infrastructure failures of attempts there
-//! (not a job's own non-zero exit or timeout), refuses the key for
-//! [`BreakerConfig::cooldown`], then lets one probe through (half-open): its success closes
-//! the breaker, its failure re-opens it. With a state file the breakers are shared by
+//! (not a job's own non-zero exit or timeout, nor an invalid or unsupported job), refuses the
+//! key for [`BreakerConfig::cooldown`], then lets one probe through (half-open): its success
+//! closes the breaker, its failure re-opens it. With a state file the breakers are shared by
 //! separate processes (a failing `sandstorm run` makes a later `sandstorm route` stop
 //! offering the candidate).
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use sandstorm_executor::Outcome;
+use sandstorm_executor::{AttemptOutcome, ExecutorError, Outcome};
 use sandstorm_features::DecisionContext;
 use sandstorm_features::telemetry::RunStatus;
 use sandstorm_runtime::RunControl;
@@ -118,4 +118,65 @@ fn a_local_job_cancelled_while_running_ends_the_execution_without_telemetry() {
         "a cancel says nothing about the candidate"
     );
     assert!(executor.breakers().snapshot().is_empty());
+}
+
+#[test]
+fn a_gpu_job_routed_to_a_local_backend_is_refused_not_run_without_its_gpu() {
+    // A catalog that (wrongly) prices a GPU for this host: the router's GPU filter then lets a
+    // GPU request through to the local candidates, and the engine must refuse it rather than
+    // run it on the CPU.
+    let toml = common::CATALOG.replace(
+        "vcpu_second = 0.000001\ngib_second = 0.0000001\n",
+        "vcpu_second = 0.000001\ngib_second = 0.0000001\ngpu_second = { h100 = 0.001 }\n",
+    );
+    assert_ne!(toml, common::CATALOG, "the local prices were found");
+    let catalog = sandstorm_features::Catalog::from_toml(&toml).expect("catalog");
+    let models = tempfile::tempdir().expect("tempdir");
+    common::write_constant_models(models.path());
+    let router = sandstorm_router::Router::new(
+        &catalog,
+        sandstorm_router::ModelSet::load(models.path()).expect("models"),
+    );
+    let breakers =
+        sandstorm_executor::Breakers::new(common::breaker_config(1, Duration::from_secs(60)));
+    let executor = common::executor(Vec::new(), breakers.clone());
+    let mut request = local_request("echo ran on the cpu");
+    request.resources.gpu = Some(sandstorm_features::GpuRequest {
+        count: 1,
+        kinds: vec!["h100".into()],
+    });
+    let ctx = DecisionContext::now();
+    let decision = common::decide(&router, &executor, &request, &ctx);
+    assert!(decision.winner.starts_with("local/"), "{}", decision.winner);
+
+    let execution = executor.execute(&request, &ctx, &decision, &RunControl::new());
+
+    assert!(execution.result().is_none(), "the job must not run");
+    assert_eq!(
+        execution.attempts.len(),
+        1,
+        "an unsupported job stops failover"
+    );
+    let AttemptOutcome::Failed {
+        error, cost_usd, ..
+    } = &execution.attempts[0].outcome
+    else {
+        panic!("refused: {:?}", execution.attempts[0].outcome);
+    };
+    assert!(error.is_unsupported() && !error.is_user_error(), "{error}");
+    assert!(
+        error.to_string().contains("1 GPU (h100)")
+            && error.to_string().contains("local backends have no GPU"),
+        "{error}"
+    );
+    assert_eq!(*cost_usd, 0.0);
+    let Some(ExecutorError::Refused { class, .. }) = execution.error() else {
+        panic!("refused: {:?}", execution.error());
+    };
+    assert_eq!(class, "unsupported");
+    assert_eq!(execution.telemetry()[0].status, RunStatus::Unavailable);
+    assert!(
+        breakers.snapshot().is_empty(),
+        "a job the backend cannot serve is no infrastructure failure"
+    );
 }

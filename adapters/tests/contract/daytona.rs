@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::doubles::daytona::{API_KEY, Behavior, DaytonaDouble};
 use crate::doubles::{Server, lock};
-use crate::{Observed, candidate, code_job, command_job};
+use crate::{Observed, assert_gpu_refused, candidate, code_job, command_job, gpu_job};
 
 fn provider(server: &Server, key: &str) -> DaytonaProvider {
     DaytonaProvider::new(DaytonaConfig {
@@ -346,4 +346,18 @@ fn daytona_snapshot_sandboxes_do_not_send_resources() {
         body.get("cpu").is_none() && body.get("memory").is_none(),
         "{body}"
     );
+}
+
+#[test]
+fn daytona_refuses_a_gpu_job_before_calling() {
+    let (server, double) = DaytonaDouble::start(Behavior::default());
+    let failure = provider(&server, API_KEY)
+        .run(&candidate("daytona", None), &gpu_job(), &RunControl::new())
+        .expect_err("no GPU");
+    assert_gpu_refused(
+        &failure,
+        "daytona",
+        "this adapter creates daytona sandboxes without a GPU",
+    );
+    assert!(double.recorder.all().is_empty());
 }

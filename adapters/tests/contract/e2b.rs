@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::doubles::e2b::{API_KEY, Behavior, E2bDouble, Event, USER_AUTH};
 use crate::doubles::{Server, lock};
-use crate::{Observed, cancel_when_seen, candidate, code_job, command_job};
+use crate::{
+    Observed, assert_gpu_refused, cancel_when_seen, candidate, code_job, command_job, gpu_job,
+};
 
 fn provider(server: &Server, key: &str) -> E2bProvider {
     E2bProvider::new(E2bConfig {
@@ -510,4 +512,14 @@ fn e2b_delete_is_retried_on_server_errors_and_a_lost_delete_is_reported() {
         3
     );
     assert_eq!(double.alive().len(), 1);
+}
+
+#[test]
+fn e2b_refuses_a_gpu_job_before_calling() {
+    let (server, double) = E2bDouble::start(Behavior::default());
+    let failure = provider(&server, API_KEY)
+        .run(&candidate("e2b", None), &gpu_job(), &RunControl::new())
+        .expect_err("no GPU");
+    assert_gpu_refused(&failure, "e2b", "E2B sandboxes have no GPU");
+    assert!(double.recorder.all().is_empty());
 }

@@ -9,7 +9,7 @@ use sandstorm_runtime::{OutputStream, RunControl, RunStatus};
 
 use crate::doubles::Server;
 use crate::doubles::kubernetes::{Behavior, KubernetesDouble};
-use crate::{Observed, cancel_when_seen, candidate, command_job};
+use crate::{Observed, assert_gpu_refused, cancel_when_seen, candidate, command_job, gpu_job};
 
 fn provider(server: &Server, workdir: &std::path::Path) -> KubernetesProvider {
     KubernetesProvider::new(KubernetesConfig {
@@ -357,5 +357,31 @@ fn kubernetes_refuses_backends_that_are_not_pod_runtimes() {
         .run(&candidate, &command_job("true"), &RunControl::new())
         .expect_err("unsupported");
     assert!(matches!(failure.error, AdapterError::Unsupported { .. }));
+    assert!(double.recorder.all().is_empty());
+}
+
+#[test]
+fn kubernetes_refuses_a_gpu_job_before_creating_anything() {
+    let (server, double) = KubernetesDouble::start(Behavior::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    for backend in [
+        IsolationBackend::RootlessOci,
+        IsolationBackend::Gvisor,
+        IsolationBackend::Microvm,
+    ] {
+        let failure = provider(&server, dir.path())
+            .run(
+                &candidate("kubernetes", Some(backend)),
+                &gpu_job(),
+                &RunControl::new(),
+            )
+            .expect_err("no GPU");
+        assert_gpu_refused(
+            &failure,
+            "kubernetes",
+            "this adapter sets no `nvidia.com/gpu` limit on its pods (the catalog prices no GPU \
+             for kubernetes)",
+        );
+    }
     assert!(double.recorder.all().is_empty());
 }

@@ -13,7 +13,8 @@ mod registry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandstorm_features::{Candidate, Catalog, IsolationBackend, Language, RunRequest};
+use sandstorm_adapters::{AdapterError, RunFailure};
+use sandstorm_features::{Candidate, Catalog, GpuRequest, IsolationBackend, Language, RunRequest};
 use sandstorm_runtime::{JobSpec, OutputStream, RunControl};
 
 /// The default catalog's first candidate of `provider` (with `backend`, if given).
@@ -30,6 +31,33 @@ pub(crate) fn command_job(command: &str) -> JobSpec {
     let mut request = RunRequest::command(Language::Sh, command);
     request.timeout_s = 10.0;
     JobSpec::from_request(&request)
+}
+
+/// A shell-command job that asks for 2 GPUs of any kind.
+pub(crate) fn gpu_job() -> JobSpec {
+    let mut job = command_job("nvidia-smi");
+    job.gpu = Some(GpuRequest {
+        count: 2,
+        kinds: Vec::new(),
+    });
+    job
+}
+
+/// Checks that `failure` is `provider`'s refusal of [`gpu_job`] before anything was created,
+/// saying `why` it has no GPU.
+pub(crate) fn assert_gpu_refused(failure: &RunFailure, provider: &str, why: &str) {
+    assert!(
+        matches!(failure.error, AdapterError::Unsupported { .. }),
+        "{failure:?}"
+    );
+    assert!(!failure.retryable() && !failure.error.is_user_error());
+    assert!(failure.usage.is_none(), "nothing was created");
+    assert_eq!(
+        failure.to_string(),
+        format!(
+            "provider `{provider}` cannot run this: the job asks for 2 GPUs (any kind), but {why}"
+        )
+    );
 }
 
 /// An inline Python job.

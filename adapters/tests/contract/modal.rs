@@ -1,12 +1,14 @@
 //! Modal adapter against the Modal gRPC test double (whose sandboxes really run their
 //! entrypoint on this host): metadata and request fields checked one by one, output streamed
-//! per file descriptor in several chunks and resumed across streams, every error class, and
-//! the sandbox terminated after success, failure, cancel and timeout.
+//! per file descriptor in several chunks and resumed across streams, GPUs asked for and billed,
+//! every error class, and the sandbox terminated after success, failure, cancel and timeout.
 
 use std::time::Duration;
 
-use sandstorm_adapters::{AdapterError, ModalConfig, ModalProvider, Phase, RemoteProvider};
-use sandstorm_features::InputFile;
+use sandstorm_adapters::{
+    AdapterError, GpuUsage, ModalConfig, ModalProvider, Phase, RemoteProvider,
+};
+use sandstorm_features::{GpuRequest, InputFile, Resources};
 use sandstorm_runtime::{Availability, OutputStream, RunControl, RunStatus};
 use tonic::Code;
 
@@ -172,6 +174,7 @@ fn modal_runs_the_job_as_the_sandbox_entrypoint_and_streams_its_output() {
     assert_eq!(resources.milli_cpu_max, 500);
     assert_eq!(resources.memory_mb, 512);
     assert_eq!(resources.memory_mb_max, 512);
+    assert_eq!(resources.gpu_config, None, "a CPU job asks for no GPU");
     assert_eq!(
         definition.timeout_secs, 70,
         "job timeout 10 s + 60 s margin"
@@ -258,6 +261,7 @@ fn modal_runs_the_job_as_the_sandbox_entrypoint_and_streams_its_output() {
     assert_eq!(run.usage.sandbox_id.as_deref(), Some(sandbox_id));
     assert!(run.usage.deleted);
     assert_eq!((run.usage.vcpu, run.usage.memory_mib), (1.0, 512));
+    assert_eq!(run.usage.gpu, None);
     let expected = candidate.prices.start
         + (1.0 * candidate.prices.vcpu_second + 0.5 * candidate.prices.gib_second)
             * run
@@ -266,6 +270,130 @@ fn modal_runs_the_job_as_the_sandbox_entrypoint_and_streams_its_output() {
                 .max(candidate.prices.min_billed_seconds);
     assert!((run.cost_usd(&candidate) - expected).abs() < 1e-15);
     assert!(run.cost_usd(&candidate) > 0.0);
+}
+
+#[test]
+fn modal_gives_a_gpu_job_its_gpus_and_bills_them() {
+    let (server, double) = ModalDouble::start(Behavior::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = provider(&server, dir.path());
+    let candidate = candidate("modal", None);
+    // (accepted kinds, count) → Modal's `gpu_type` and the catalog kind billed: the kind the
+    // router priced, i.e. the cheapest accepted one (also for "any kind").
+    let cases: [(&[&str], u32, &str, &str); 3] = [
+        (&[], 1, "T4", "t4"),
+        (&["H100"], 2, "H100", "h100"),
+        (&["h100", "a100-80gb"], 4, "A100-80GB", "a100-80gb"),
+    ];
+    for (kinds, count, gpu_type, kind) in cases {
+        let mut job = command_job("echo on the gpu");
+        job.gpu = Some(GpuRequest {
+            count,
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        });
+        let run = provider
+            .run(&candidate, &job, &RunControl::new())
+            .expect("run");
+        assert_eq!(run.result.status, RunStatus::Ok, "{:?}", run.result);
+        assert_eq!(run.result.stdout, "on the gpu\n");
+
+        let create = double.creates().pop().expect("a create");
+        let resources = create
+            .definition
+            .and_then(|d| d.resources)
+            .expect("resources");
+        let gpu = resources.gpu_config.expect("gpu_config sent");
+        assert_eq!(gpu.gpu_type, gpu_type, "{kinds:?}");
+        assert_eq!(gpu.count, count, "{kinds:?}");
+        assert_eq!(
+            (
+                resources.milli_cpu,
+                resources.milli_cpu_max,
+                resources.memory_mb,
+                resources.memory_mb_max
+            ),
+            (500, 500, 512, 512),
+            "CPU and memory as for any job"
+        );
+        assert!(
+            run.result
+                .enforced_limits
+                .contains(&format!("gpu={gpu_type}:{count}")),
+            "{:?}",
+            run.result.enforced_limits
+        );
+
+        assert_eq!(
+            run.usage.gpu,
+            Some(GpuUsage {
+                kind: kind.to_owned(),
+                count
+            })
+        );
+        let prices = &candidate.prices;
+        let gpu_second = prices.gpu_second[kind];
+        let expected = prices.start
+            + (1.0 * prices.vcpu_second + 0.5 * prices.gib_second + f64::from(count) * gpu_second)
+                * run.usage.sandbox_seconds.max(prices.min_billed_seconds);
+        assert!(
+            (run.cost_usd(&candidate) - expected).abs() < 1e-15,
+            "{} != {expected}",
+            run.cost_usd(&candidate)
+        );
+        // What the router predicted for the request, at the measured lifetime.
+        let resources = Resources {
+            gpu: job.gpu.clone(),
+            ..Resources::default()
+        };
+        let listed = candidate.list_cost_usd(&resources, run.usage.sandbox_seconds);
+        assert!((run.cost_usd(&candidate) - listed).abs() < 1e-15);
+    }
+    assert_eq!(double.terminated().len(), 3);
+}
+
+#[test]
+fn modal_refuses_a_gpu_it_cannot_give_before_calling() {
+    let (server, double) = ModalDouble::start(Behavior::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = provider(&server, dir.path());
+    let gpu_job = |kinds: &[&str]| {
+        let mut job = command_job("nvidia-smi");
+        job.gpu = Some(GpuRequest {
+            count: 1,
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        });
+        job
+    };
+    // A kind Modal does not have: the job's fault.
+    let failure = provider
+        .run(
+            &candidate("modal", None),
+            &gpu_job(&["rtx-4090"]),
+            &RunControl::new(),
+        )
+        .expect_err("unknown kind");
+    assert!(failure.error.is_user_error(), "{failure}");
+    assert!(!failure.retryable());
+    assert_eq!(failure.error.class(), "invalid_job");
+    let text = failure.to_string();
+    assert!(
+        text.contains("Modal has no GPU of kind `rtx-4090`") && text.contains("h100"),
+        "{text}"
+    );
+    // A Modal kind the catalog does not price for this candidate.
+    let failure = provider
+        .run(
+            &candidate("modal", None),
+            &gpu_job(&["l40s"]),
+            &RunControl::new(),
+        )
+        .expect_err("unpriced kind");
+    assert!(
+        matches!(failure.error, AdapterError::Unsupported { .. }),
+        "{failure:?}"
+    );
+    assert!(failure.usage.is_none());
+    assert!(double.calls().is_empty(), "refused before any call");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::doubles::Server;
 use crate::doubles::morph::{API_KEY, Behavior, MorphDouble, SNAPSHOT};
-use crate::{Observed, candidate, command_job};
+use crate::{Observed, assert_gpu_refused, candidate, command_job, gpu_job};
 
 fn config(server: &Server, workdir: &std::path::Path) -> MorphConfig {
     MorphConfig {
@@ -260,5 +260,20 @@ fn morph_refuses_what_the_snapshot_cannot_hold_before_creating_anything() {
         .run(&candidate("morph", None), &job, &RunControl::new())
         .expect_err("too many bytes inline");
     assert!(failure.error.is_user_error(), "{failure}");
+    assert!(double.recorder.all().is_empty());
+}
+
+#[test]
+fn morph_refuses_a_gpu_job_before_calling() {
+    let (server, double) = MorphDouble::start(Behavior::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failure = provider(&server, dir.path())
+        .run(&candidate("morph", None), &gpu_job(), &RunControl::new())
+        .expect_err("no GPU");
+    assert_gpu_refused(
+        &failure,
+        "morph",
+        "this adapter creates morph sandboxes without a GPU",
+    );
     assert!(double.recorder.all().is_empty());
 }

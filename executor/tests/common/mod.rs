@@ -323,6 +323,7 @@ impl ScriptedProviderDouble {
             sandbox_seconds: seconds,
             vcpu: 1.0,
             memory_mib: 1024,
+            gpu: None,
             deleted: true,
         }
     }

@@ -4,14 +4,15 @@
 //!
 //! It follows what the SDK relies on: every call must carry `x-modal-token-id` /
 //! `x-modal-token-secret` (else `UNAUTHENTICATED`); apps are get-or-create by name; images are
-//! built once (optionally through an `ImageJoinStreaming` build stream); `SandboxCreate` really
-//! runs the entrypoint's argument vector on this host (so the script, its quoting and the files
-//! embedded in it are checked end to end), capturing stdout and stderr chunk by chunk as log
-//! entries; `SandboxGetTaskId` schedules; `SandboxGetLogs` streams the entries of one file
-//! descriptor after `last_entry_id` and ends with an `eof` batch once the process ended (or
-//! ends the stream early, without `eof`, as Modal does when its hold is over); `SandboxWait`
-//! long-polls for the result; `SandboxTerminate` kills the process group. Every call is
-//! recorded with its metadata and decoded request.
+//! built once (optionally through an `ImageJoinStreaming` build stream); `SandboxCreate` checks
+//! a GPU request's type and count (else `INVALID_ARGUMENT`), then really runs the entrypoint's
+//! argument vector on this host (so the script, its quoting and the files embedded in it are
+//! checked end to end), capturing stdout and stderr chunk by chunk as log entries;
+//! `SandboxGetTaskId` schedules; `SandboxGetLogs` streams the entries of one file descriptor
+//! after `last_entry_id` and ends with an `eof` batch once the process ended (or ends the stream
+//! early, without `eof`, as Modal does when its hold is over); `SandboxWait` long-polls for the
+//! result; `SandboxTerminate` kills the process group. Every call is recorded with its metadata
+//! and decoded request.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -324,6 +325,40 @@ impl ModalDouble {
     }
 }
 
+/// GPU types the double accepts in `GPUConfig.gpu_type`, spelled as the SDK sends them
+/// (upper-cased): Modal's GPU types.
+const GPU_TYPES: [&str; 10] = [
+    "T4",
+    "L4",
+    "A10G",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H200",
+    "B200",
+];
+
+/// Checks a sandbox's `GPUConfig` field by field as Modal does: an empty one means no GPU (the
+/// SDK sends one for CPU sandboxes); otherwise `gpu_type` must be a GPU type in the SDK's
+/// spelling and `count` at least 1.
+fn check_gpu(gpu: &proto::GpuConfig) -> Result<(), Status> {
+    if gpu.gpu_type.is_empty() && gpu.count == 0 {
+        return Ok(());
+    }
+    if !GPU_TYPES.contains(&gpu.gpu_type.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "Invalid GPU type '{}'",
+            gpu.gpu_type
+        )));
+    }
+    if gpu.count == 0 {
+        return Err(Status::invalid_argument("GPU count must be at least 1"));
+    }
+    Ok(())
+}
+
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("Sandbox {id} not found"))
 }
@@ -495,6 +530,13 @@ impl ModalClient for Service {
                 "Image {} not found",
                 definition.image_id
             )));
+        }
+        if let Some(gpu) = definition
+            .resources
+            .as_ref()
+            .and_then(|r| r.gpu_config.as_ref())
+        {
+            check_gpu(gpu)?;
         }
         let id = {
             let mut sandboxes = lock(&self.0.sandboxes);
