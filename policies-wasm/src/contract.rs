@@ -16,12 +16,11 @@ mod wit {
 }
 
 pub(crate) use wit::{
-    Backend as WitBackend, Candidates as WitCandidates, Policy, PolicyPre, ProviderKind as WitKind,
-    Request as WitRequest, Verdicts as WitVerdicts,
+    Candidates as WitCandidates, Policy, PolicyPre, Request as WitRequest, Verdicts as WitVerdicts,
 };
 
 /// ABI version of the contract (the WIT package version).
-pub const ABI_VERSION: &str = "1.0.0";
+pub const ABI_VERSION: &str = "2.0.0";
 
 /// Factors are clamped into this range so that no policy can make a candidate free or
 /// infinitely expensive.
@@ -123,7 +122,8 @@ impl Default for InputBuffers {
                 labels: Vec::new(),
             },
             candidates: WitCandidates {
-                names: Vec::new(),
+                names: String::new(),
+                names_end: Vec::new(),
                 provider: Vec::new(),
                 region: Vec::new(),
                 area: Vec::new(),
@@ -204,6 +204,7 @@ impl InputBuffers {
         if self.interned.len() > MAX_NAMES {
             self.interned.clear();
             self.candidates.names.clear();
+            self.candidates.names_end.clear();
         }
         let c = &mut self.candidates;
         c.provider.clear();
@@ -217,24 +218,25 @@ impl InputBuffers {
         for pc in candidates {
             let cand = &**pc.candidate;
             self.last.push(Arc::clone(pc.candidate));
-            let provider = intern(&mut self.interned, &mut c.names, &cand.provider);
-            let region = intern(&mut self.interned, &mut c.names, &cand.region);
-            let area = intern(&mut self.interned, &mut c.names, &cand.area);
+            let provider = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.provider);
+            let region = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.region);
+            let area = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.area);
             c.provider.push(provider);
             c.region.push(region);
             c.area.push(area);
+            // The codes of the contract (policy.wit).
             c.kind.push(match cand.provider_kind {
-                ProviderKind::Local => WitKind::Local,
-                ProviderKind::Remote => WitKind::Remote,
-                ProviderKind::Kubernetes => WitKind::Kubernetes,
-                ProviderKind::Edge => WitKind::Edge,
+                ProviderKind::Local => 0,
+                ProviderKind::Remote => 1,
+                ProviderKind::Kubernetes => 2,
+                ProviderKind::Edge => 3,
             });
             c.backend.push(match cand.backend {
-                IsolationBackend::Process => WitBackend::Process,
-                IsolationBackend::Bubblewrap => WitBackend::Bubblewrap,
-                IsolationBackend::Gvisor => WitBackend::Gvisor,
-                IsolationBackend::RootlessOci => WitBackend::RootlessOci,
-                IsolationBackend::Microvm => WitBackend::Microvm,
+                IsolationBackend::Process => 0,
+                IsolationBackend::Bubblewrap => 1,
+                IsolationBackend::Gvisor => 2,
+                IsolationBackend::RootlessOci => 3,
+                IsolationBackend::Microvm => 4,
             });
             c.isolation.push(cand.isolation_level().strength());
             c.rtt_ms.push(cand.rtt_ms as f32);
@@ -242,13 +244,20 @@ impl InputBuffers {
     }
 }
 
-fn intern(map: &mut HashMap<String, u16>, names: &mut Vec<String>, s: &str) -> u16 {
+fn intern(
+    map: &mut HashMap<String, u16>,
+    names: &mut String,
+    names_end: &mut Vec<u32>,
+    s: &str,
+) -> u16 {
     if let Some(&i) = map.get(s) {
         return i;
     }
-    // MAX_NAMES keeps the table far below u16::MAX (three names per candidate at most).
-    let i = u16::try_from(names.len()).unwrap_or(u16::MAX);
-    names.push(s.to_owned());
+    // MAX_NAMES keeps the table far below u16::MAX (three names per candidate at most), and
+    // catalog names keep it far below u32::MAX bytes.
+    let i = u16::try_from(names_end.len()).unwrap_or(u16::MAX);
+    names.push_str(s);
+    names_end.push(u32::try_from(names.len()).unwrap_or(u32::MAX));
     map.insert(s.to_owned(), i);
     i
 }
@@ -286,8 +295,17 @@ pub(crate) fn validate(raw: WitVerdicts, n: usize) -> Result<Verdicts, String> {
         if factor.is_nan() {
             return Err(format!("candidate {i}: factor is NaN"));
         }
-        rejected.push(raw.reject[i].then_some(reason));
-        adjusted.push(if factor == 1.0 || raw.reject[i] {
+        let reject = match raw.reject[i] {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(format!(
+                    "candidate {i}: reject is {other}, expected 0 (keep) or 1 (reject)"
+                ));
+            }
+        };
+        rejected.push(reject.then_some(reason));
+        adjusted.push(if factor == 1.0 || reject {
             None
         } else {
             Some((factor.clamp(FACTOR_RANGE.0, FACTOR_RANGE.1), reason))
@@ -317,7 +335,7 @@ mod tests {
 
     fn raw(n: usize) -> WitVerdicts {
         WitVerdicts {
-            reject: vec![false; n],
+            reject: vec![0; n],
             factor: vec![1.0; n],
             reason: vec![0; n],
             reasons: Vec::new(),
@@ -352,11 +370,19 @@ mod tests {
     #[test]
     fn reason_index_out_of_range_is_refused() {
         let mut v = raw(1);
-        v.reject = vec![true];
+        v.reject = vec![1];
         v.reason = vec![2];
         v.reasons = vec!["only".into()];
         let err = validate(v, 1).unwrap_err();
         assert!(err.contains("reason index 2"), "{err}");
+    }
+
+    #[test]
+    fn reject_codes_other_than_0_and_1_are_refused() {
+        let mut v = raw(2);
+        v.reject = vec![1, 7];
+        let err = validate(v, 2).unwrap_err();
+        assert!(err.contains("candidate 1: reject is 7"), "{err}");
     }
 
     #[test]

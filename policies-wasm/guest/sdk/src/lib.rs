@@ -35,10 +35,53 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{Backend, ProviderKind};
-
 /// ABI version of the contract this SDK speaks (the WIT package version).
-pub const ABI_VERSION: &str = "1.0.0";
+pub const ABI_VERSION: &str = "2.0.0";
+
+/// Who operates a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Local,
+    Remote,
+    Kubernetes,
+    Edge,
+}
+
+impl ProviderKind {
+    /// The contract's code (`kind` column); unknown codes read as `Remote`, the least trusted
+    /// operator a newer host could add.
+    fn from_code(code: u8) -> Self {
+        match code {
+            0 => ProviderKind::Local,
+            2 => ProviderKind::Kubernetes,
+            3 => ProviderKind::Edge,
+            _ => ProviderKind::Remote,
+        }
+    }
+}
+
+/// The isolation mechanism of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Process,
+    Bubblewrap,
+    Gvisor,
+    RootlessOci,
+    Microvm,
+}
+
+impl Backend {
+    /// The contract's code (`backend` column); unknown codes read as `Process`, the weakest.
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Backend::Bubblewrap,
+            2 => Backend::Gvisor,
+            3 => Backend::RootlessOci,
+            4 => Backend::Microvm,
+            _ => Backend::Process,
+        }
+    }
+}
 
 /// Isolation strength of a candidate, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -160,10 +203,13 @@ impl Candidates {
     }
 
     fn name(&self, id: u16) -> &str {
-        self.raw
-            .names
-            .get(usize::from(id))
-            .map_or("", String::as_str)
+        let i = usize::from(id);
+        let end = self.raw.names_end.get(i).map_or(0, |&e| e as usize);
+        let start = match i {
+            0 => 0,
+            _ => self.raw.names_end.get(i - 1).map_or(end, |&e| e as usize),
+        };
+        self.raw.names.get(start..end).unwrap_or("")
     }
 }
 
@@ -196,11 +242,11 @@ impl<'a> Candidate<'a> {
     }
 
     pub fn kind(&self) -> ProviderKind {
-        self.all.raw.kind[self.index]
+        ProviderKind::from_code(self.all.raw.kind[self.index])
     }
 
     pub fn backend(&self) -> Backend {
-        self.all.raw.backend[self.index]
+        Backend::from_code(self.all.raw.backend[self.index])
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -240,7 +286,7 @@ impl Verdicts {
     fn new(n: usize) -> Self {
         Self {
             raw: bindings::Verdicts {
-                reject: vec![false; n],
+                reject: vec![0; n],
                 factor: vec![1.0; n],
                 reason: vec![0; n],
                 reasons: Vec::new(),
@@ -250,7 +296,7 @@ impl Verdicts {
 
     /// Removes candidate `index` from the decision, saying why.
     pub fn reject(&mut self, index: usize, reason: &str) {
-        self.raw.reject[index] = true;
+        self.raw.reject[index] = 1;
         self.raw.reason[index] = self.intern(reason);
     }
 
@@ -263,7 +309,7 @@ impl Verdicts {
 
     /// Whether candidate `index` is rejected so far.
     pub fn is_rejected(&self, index: usize) -> bool {
-        self.raw.reject[index]
+        self.raw.reject[index] == 1
     }
 
     fn intern(&mut self, reason: &str) -> u16 {
