@@ -1,5 +1,6 @@
 //! Candidate enumeration, batched prediction, strategy objective and ranking.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -13,7 +14,6 @@ use sandstorm_policies_wasm::{
     FailureMode, PolicyCandidate, PolicyFailure, PolicyOutcome, PolicyStore, PolicyWorker,
 };
 use serde::Serialize;
-use std::cmp::Ordering;
 use time::format_description::well_known::Rfc3339;
 
 use crate::RouterError;
@@ -539,7 +539,17 @@ impl Router {
                 r => Verdict::Outscored {
                     rank: r,
                     behind_by_pct,
-                    reason: lost_by(strategy, &scored[i].1, &reference.1, behind_by_pct),
+                    reason: lost_by(
+                        strategy,
+                        &scored[i].1,
+                        &reference.1,
+                        behind_by_pct,
+                        if explored {
+                            "greedy winner's"
+                        } else {
+                            "winner's"
+                        },
+                    ),
                 },
             };
             candidates.push(CandidateVerdict {
@@ -771,21 +781,23 @@ pub fn rank_predictions(strategy: Strategy, candidates: &[(&str, Prediction)]) -
     order
 }
 
-fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64) -> String {
+/// Why a candidate with prediction `p` lost to the best-scoring one, `w` (`whose`: the
+/// winner's, or the greedy winner's when exploration chose another winner).
+fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64, whose: &str) -> String {
     match strategy {
         Strategy::OptimizeCost => {
             format!(
-                "expected cost ${:.8} is {pct:.0}% above the winner's ${:.8}",
+                "expected cost ${:.8} is {pct:.0}% above the {whose} ${:.8}",
                 p.expected_cost_usd, w.expected_cost_usd
             )
         }
         Strategy::OptimizeLatency => {
             format!(
-                "expected latency {:.0} ms is {pct:.0}% above the winner's {:.0} ms",
+                "expected latency {:.0} ms is {pct:.0}% above the {whose} {:.0} ms",
                 p.expected_latency_ms, w.expected_latency_ms
             )
         }
-        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the winner's"),
+        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the {whose}"),
     }
 }
 

@@ -421,7 +421,7 @@ mod tests {
             prop_assert!((total - 1.0).abs() < 1e-12);
             for r in 0..n {
                 let p = epsilon_probability(epsilon, n, r);
-                prop_assert!(p >= 0.0 && p <= 1.0);
+                prop_assert!((0.0..=1.0).contains(&p));
             }
         }
 

@@ -148,7 +148,7 @@ impl ModelSet {
     /// row), derived exactly as a decision derives it ([`Prediction::from_outputs`]).
     /// Allocates; offline tools use it, serving goes through [`crate::Router::decide_with`].
     pub fn predict(&self, rows: &[f64]) -> Result<Vec<Prediction>, RouterError> {
-        if rows.len() % N_FEATURES != 0 {
+        if !rows.len().is_multiple_of(N_FEATURES) {
             return Err(RouterError::Prediction(format!(
                 "{} values are not rows of {N_FEATURES} features",
                 rows.len()

@@ -215,6 +215,11 @@ fn epsilon_greedy_chooses_with_the_probabilities_it_logs() {
                 d.candidates[1].verdict,
                 Verdict::Fallback { rank: 1, behind_by_pct } if behind_by_pct == 0.0
             ));
+            for c in &d.candidates[..d.n_feasible] {
+                if let Verdict::Outscored { reason, .. } = &c.verdict {
+                    assert!(reason.contains("greedy winner's"), "{reason}");
+                }
+            }
         } else {
             assert!(
                 d.explanation.contains("kept the greedy choice"),
@@ -294,7 +299,7 @@ fn thompson_estimates_match_how_often_it_chooses() {
     let mut p_local = 0.0;
     for seed in 0..trials {
         let d = decide(&exploring, &r, seed);
-        assert!(d.selection_probability >= 1.0 / 256.0 && d.selection_probability < 1.0);
+        assert!((1.0 / 256.0..1.0).contains(&d.selection_probability));
         if d.winner().candidate.provider == "local" {
             local += 1;
             p_local += d.selection_probability;
