@@ -66,6 +66,8 @@ pub struct Core {
     router: RwLock<Arc<Router>>,
     catalog: Catalog,
     models_dir: PathBuf,
+    /// How the router explores (kept across model reloads).
+    exploration: sandstorm_router::Exploration,
     /// Runs decisions: local engine, remote providers, edge agents, failover, breakers.
     executor: Executor,
     pub(crate) runs: Registry,
@@ -89,7 +91,10 @@ impl Core {
             }
         };
         let models = ModelSet::load(&resolve_models_dir(&config.models_dir)?)?;
-        let router = Router::new(&catalog, models);
+        let router = Router::new(&catalog, models).with_exploration(config.exploration)?;
+        if !config.exploration.is_off() {
+            tracing::info!(exploration = %config.exploration, "router explores");
+        }
         let telemetry = match &config.telemetry_dir {
             None => None,
             Some(dir) => Some(sandstorm_datasets::TelemetryWriter::open(
@@ -115,6 +120,7 @@ impl Core {
             router: RwLock::new(Arc::new(router)),
             catalog,
             models_dir: config.models_dir.clone(),
+            exploration: config.exploration,
             executor,
             runs: Registry::new(config.max_retained_runs),
             telemetry,
@@ -145,7 +151,8 @@ impl Core {
     pub fn reload_models(&self) -> Result<String, ServiceError> {
         let models = ModelSet::load(&resolve_models_dir(&self.models_dir)?)?;
         let version = models.version().to_owned();
-        let router = Arc::new(Router::new(&self.catalog, models));
+        let router =
+            Arc::new(Router::new(&self.catalog, models).with_exploration(self.exploration)?);
         *self.router.write().unwrap_or_else(PoisonError::into_inner) = router;
         tracing::info!(%version, "models reloaded");
         Ok(version)
