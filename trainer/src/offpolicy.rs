@@ -217,7 +217,10 @@ mod tests {
 
     /// A small bandit: contexts, actions with integer logging counts `c_a` (propensity
     /// `c_a / C`), rewards and a deterministic target choice per context.
-    fn bandit() -> impl Strategy<Value = (Vec<u32>, Vec<(Vec<f64>, Vec<f64>, usize)>)> {
+    /// Per context: the reward of every action, the model's prediction of it, the target.
+    type Context = (Vec<f64>, Vec<f64>, usize);
+
+    fn bandit() -> impl Strategy<Value = (Vec<u32>, Vec<Context>)> {
         (2usize..6).prop_flat_map(|k| {
             (
                 proptest::collection::vec(1u32..6, k),
