@@ -11,7 +11,9 @@
 //!   `lightgbm3` predicts with `num_threads=1` (its single-row C API for one row).
 //! * `decision/{16,64,256}`: `Router::decide_with` end to end (enumerate, filter, encode,
 //!   predict 4 models, rank, explain) with a reused `Scratch`, and
-//!   `decision/256+eu-residency-policy`: the same with the eu-residency WASM policy consulted.
+//!   `decision/256+eu-residency-policy`: the same with the eu-residency WASM policy consulted,
+//!   `decision/16+{epsilon,thompson}`: 16 candidates with exploration on (ε = 0.1; Thompson
+//!   with 256 Monte-Carlo draws).
 //! * After criterion, a custom timing loop (not criterion) prints p50/p99 of whole decisions.
 
 use std::hint::black_box;
@@ -23,7 +25,7 @@ use sandstorm_benches::{catalog_with, policy_store};
 use sandstorm_features::encoding::{FeatureInput, N_FEATURES};
 use sandstorm_features::model::ModelRole;
 use sandstorm_features::{DecisionContext, RunRequest};
-use sandstorm_router::{EvalScratch, ModelSet, NativeModel, Router, Scratch};
+use sandstorm_router::{EvalScratch, Exploration, ModelSet, NativeModel, Router, Scratch};
 use time::macros::datetime;
 
 const SIZES: [usize; 3] = [16, 64, 256];
@@ -167,6 +169,18 @@ fn routers(fx: &Fixture) -> Vec<(String, usize, Router)> {
     let router =
         Router::new(&catalog_with(256), models).with_policies(policy_store("eu-residency"));
     out.push(("256+eu-residency-policy".to_owned(), 256, router));
+    // Exploration (off in every case above): ε-greedy draws two numbers, Thompson samples
+    // every feasible candidate 257 times.
+    for (name, exploration) in [
+        ("epsilon", Exploration::EpsilonGreedy { epsilon: 0.1 }),
+        ("thompson", Exploration::Thompson { draws: 256 }),
+    ] {
+        let models = ModelSet::load(&fx.models_dir).expect("models");
+        let router = Router::new(&catalog_with(16), models)
+            .with_exploration(exploration)
+            .expect("valid exploration");
+        out.push((format!("16+{name}"), 16, router));
+    }
     out
 }
 

@@ -1,5 +1,6 @@
-//! The `sandstorm` command line: generate telemetry, train models, route and run requests,
-//! evaluate the routing on real data, write and publish routing policies, the router service
+//! The `sandstorm` command line: generate telemetry, train models, route and run requests
+//! (exploring on request), evaluate the routing on real data and new models on logged
+//! decisions, write and publish routing policies, the router service
 //! (`serve`, `mcp`), SQL over telemetry (`telemetry`), and the quickstart that does the whole
 //! loop on embedded defaults.
 
@@ -8,6 +9,7 @@ mod doctor;
 mod eval;
 mod eval_cmd;
 mod models;
+mod offline;
 mod policy;
 mod quickstart;
 mod report;
@@ -46,6 +48,9 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// Estimate how a model set would have decided on logged decisions (IPS, self-normalised
+    /// IPS, doubly robust) from telemetry with selection probabilities.
+    EvalOffline(offline::EvalOfflineArgs),
     /// Evaluate the routing on real measurements against baselines and the oracle.
     Eval {
         #[command(subcommand)]
@@ -119,6 +124,15 @@ struct RoutingArgs {
     /// Seconds an open breaker waits before letting one probe through.
     #[arg(long, env = "SANDSTORM_BREAKER_COOLDOWN_S", default_value_t = 30.0)]
     breaker_cooldown_s: f64,
+    /// Explore among the feasible candidates: `off` (default), `epsilon:E` (a uniformly
+    /// random feasible candidate with probability E) or `thompson[:DRAWS]` (sample each
+    /// candidate's predicted distribution); see docs/exploration.md.
+    #[arg(
+        long,
+        env = "SANDSTORM_EXPLORE",
+        value_name = "off|epsilon:E|thompson[:DRAWS]"
+    )]
+    explore: Option<sandstorm_router::Exploration>,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +231,7 @@ fn main() -> ExitCode {
         Command::Eval {
             dataset: EvalDataset::AzureVmNoise(args),
         } => eval_cmd::run(&args),
+        Command::EvalOffline(args) => offline::run(&args),
         Command::Catalog { command } => match command {
             CatalogCommand::Show { catalog } => run::catalog_show(catalog.as_deref()),
             CatalogCommand::Check { catalog } => run::catalog_check(catalog.as_deref()),

@@ -38,6 +38,13 @@ pub(crate) struct TrainTuning {
     /// Also register the trained model set in this model registry.
     #[arg(long)]
     registry: Option<PathBuf>,
+    /// Weight rows by 1 / selection_probability (inverse-propensity weighting), so models
+    /// trained on the router's own choices are not biased toward past winners.
+    #[arg(long)]
+    ipw: bool,
+    /// With --ipw: weights above this are clipped to it (default 20, or the file's).
+    #[arg(long, requires = "ipw")]
+    ipw_max_weight: Option<f64>,
 }
 
 impl TrainTuning {
@@ -64,6 +71,13 @@ impl TrainTuning {
         if self.no_report {
             cfg.report = false;
         }
+        if self.ipw {
+            let mut ipw = cfg.ipw.unwrap_or_default();
+            if let Some(w) = self.ipw_max_weight {
+                ipw.max_weight = w;
+            }
+            cfg.ipw = Some(ipw);
+        }
         cfg.progress = true;
         Ok(cfg)
     }
@@ -87,6 +101,18 @@ pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -
         );
         if let Some(html) = &report.report_html {
             println!("report: {}", html.display());
+        }
+        if let Some(w) = &report.weighting {
+            println!(
+                "inverse-propensity weights of {} training rows: 1/p from {:.2} to {:.2} (mean {:.2}), {:.1}% clipped at {}, worth {:.0} unweighted rows",
+                w.rows,
+                w.min,
+                w.max,
+                w.mean,
+                100.0 * w.clipped_share,
+                w.max_weight,
+                w.effective_sample_size
+            );
         }
         if let (Some(v), Some(root)) = (&version, &t.registry) {
             println!("registered {v} in {}", root.display());

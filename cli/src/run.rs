@@ -24,7 +24,8 @@ struct Routed {
 fn decide(args: &RoutingArgs) -> Result<Routed> {
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let request = common::load_request(&args.request)?;
-    let mut router = Router::new(&catalog, ModelSet::load(&args.models)?);
+    let mut router = Router::new(&catalog, ModelSet::load(&args.models)?)
+        .with_exploration(args.explore.unwrap_or_default())?;
     if let Some(registry) = &args.policies {
         router = router.with_policies(crate::policy::load_registry(
             registry,
@@ -59,8 +60,11 @@ pub(crate) fn route(args: &RoutingArgs) -> Result<ExitCode> {
         println!("{}", common::decision_table(&decision));
         println!("{}", decision.explanation);
         println!(
-            "decision {} with model {}",
-            decision.decision_id, decision.model_version
+            "decision {} with model {} (selection probability {:.4}{})",
+            decision.decision_id,
+            decision.model_version,
+            decision.selection_probability,
+            if decision.explored { ", explored" } else { "" }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -20,4 +20,7 @@ pub use journal::{
     Ack, Recovery, TelemetryWriter, WAL_DIR, WriterOptions, WriterStats, telemetry_path,
 };
 pub use parquet_io::{append_records, read_parquet_dir, write_parquet};
-pub use simulator::{GenerateSummary, SimulatorConfig, generate, simulate};
+pub use simulator::{
+    GenerateSummary, LoggingPolicy, SimulatorConfig, UniformPolicy, generate, simulate,
+    simulate_with,
+};

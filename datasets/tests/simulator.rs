@@ -105,7 +105,18 @@ fn simulated_world_is_statistically_sane() {
     // Logging policy.
     for r in &rows {
         assert_eq!(r.source, "simulator");
-        assert!(r.decision_scores.is_empty() && r.model_version.is_none());
+        assert!(r.model_version.is_none());
+        // The logged choice set: every candidate, the feasible ones flagged.
+        assert_eq!(r.decision_scores.len(), r.n_candidates as usize);
+        let feasible: Vec<&str> = r
+            .decision_scores
+            .iter()
+            .filter(|s| s.feasible)
+            .map(|s| s.candidate_id.as_str())
+            .collect();
+        assert_eq!(feasible.len(), r.n_feasible as usize);
+        assert!(feasible.contains(&r.candidate_id.as_str()));
+        assert!(r.decision_scores.iter().all(|s| s.score.is_none()));
         assert!(
             (r.selection_probability - 1.0 / f64::from(r.n_feasible)).abs() < 1e-12,
             "{}",
@@ -283,4 +294,53 @@ fn correlation(pairs: &[(f64, f64)]) -> f64 {
         syy += (y - my) * (y - my);
     }
     sxy / (sxx * syy).sqrt()
+}
+
+#[test]
+fn another_logging_policy_sees_the_same_requests_and_its_probability_is_logged() {
+    let catalog = Catalog::default_catalog();
+    let cfg = SimulatorConfig {
+        rows: 400,
+        seed: 31,
+        ..SimulatorConfig::default()
+    };
+    let uniform: Vec<TelemetryRecord> = simulate(&catalog, &cfg).collect();
+    let last = |_: &sandstorm_features::RunRequest,
+                _: &sandstorm_features::DecisionContext,
+                feasible: &[&sandstorm_features::Candidate],
+                _: &mut dyn rand::RngCore| (feasible.len() - 1, 1.0);
+    let mut last_ids = Vec::new();
+    for (u, d) in uniform
+        .iter()
+        .zip(sandstorm_datasets::simulate_with(&catalog, &cfg, last))
+    {
+        // Same request, same arrival, same choice set.
+        assert_eq!(
+            (
+                u.ts_request_us,
+                &u.tenant,
+                u.vcpu,
+                u.timeout_s,
+                u.payload_bytes
+            ),
+            (
+                d.ts_request_us,
+                &d.tenant,
+                d.vcpu,
+                d.timeout_s,
+                d.payload_bytes
+            )
+        );
+        assert_eq!(u.decision_scores, d.decision_scores);
+        let feasible: Vec<&str> = d
+            .decision_scores
+            .iter()
+            .filter(|s| s.feasible)
+            .map(|s| s.candidate_id.as_str())
+            .collect();
+        assert_eq!(d.candidate_id, *feasible.last().unwrap());
+        assert_eq!(d.selection_probability, 1.0);
+        last_ids.push(d.candidate_id);
+    }
+    assert_eq!(last_ids.len(), 400);
 }

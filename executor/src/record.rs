@@ -22,8 +22,11 @@ fn source(candidate: &Candidate) -> &'static str {
 ///
 /// Identity: `run_id` = `<decision_id>-run<attempt>`, `source` from the candidate's kind.
 /// Decision: the candidate's predictions and score, every candidate's scores, model and
-/// policy versions; `selection_probability` is 1 (the executor's choice is deterministic: the
-/// winner, then the fallbacks in order; `attempt` tells failovers apart). Outcome: status,
+/// policy versions; `selection_probability` is the decision's (1 when the router does not
+/// explore) on every attempt: the executor adds no randomness (the winner, then the
+/// fallbacks in order), so a failover's candidate was tried because the first choice, made
+/// with that probability, failed; `attempt` tells failovers apart, and offline evaluation
+/// uses attempt 0 only. Outcome: status,
 /// error class and exit code of the result, or the failure's `run_status()` / `class()`;
 /// timings (`queue_ms` from the request's arrival `ctx.now` to the attempt's start); the
 /// actual cost the outcome carries. The `history` features are left at their defaults (the
@@ -43,7 +46,7 @@ pub fn attempt_record(
     r.source = source(candidate).to_owned();
     r.n_candidates = decision.n_candidates as u32;
     r.n_feasible = decision.n_feasible as u32;
-    r.selection_probability = 1.0;
+    r.selection_probability = decision.selection_probability;
     r.model_version = Some(decision.model_version.clone());
     r.policy_versions = decision
         .policies

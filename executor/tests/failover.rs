@@ -21,6 +21,53 @@ fn breakers() -> Breakers {
 }
 
 #[test]
+fn every_attempt_logs_the_probability_of_an_exploring_decision() {
+    let (alpha, _) = ScriptedProviderDouble::boxed("alpha", Answer::Quota);
+    let (beta, _) = ScriptedProviderDouble::boxed("beta", Answer::Exit(0));
+    let executor = common::executor(vec![alpha, beta], breakers());
+    let router = common::router()
+        .with_exploration(sandstorm_router::Exploration::EpsilonGreedy { epsilon: 1.0 })
+        .expect("valid exploration");
+    let request = common::request(&["alpha", "beta"], "echo hi");
+    // Seeds until exploration picks beta (probability 1/2 each): the greedy alpha is then
+    // the fallback.
+    let (ctx, decision) = (0..64)
+        .map(|seed| {
+            let ctx = DecisionContext::now().with_seed(seed);
+            let d = common::decide(&router, &executor, &request, &ctx);
+            (ctx, d)
+        })
+        .find(|(_, d)| d.winner == BETA)
+        .expect("exploration picks beta for some seed");
+    assert!(decision.explored);
+    assert_eq!(decision.selection_probability, 0.5);
+    assert_eq!(decision.fallbacks, vec![ALPHA.to_owned()]);
+    let execution = executor.execute(&request, &ctx, &decision, &RunControl::new());
+    let rows = execution.telemetry();
+    assert_eq!(rows.len(), 1, "beta ran at the first attempt");
+    assert_eq!(rows[0].candidate_id, BETA);
+    assert_eq!(rows[0].selection_probability, 0.5);
+
+    // A failover row carries the decision's probability too.
+    let (alpha, _) = ScriptedProviderDouble::boxed("alpha", Answer::Quota);
+    let (beta, _) = ScriptedProviderDouble::boxed("beta", Answer::Exit(0));
+    let executor = common::executor(vec![alpha, beta], breakers());
+    let (ctx, decision) = (0..64)
+        .map(|seed| {
+            let ctx = DecisionContext::now().with_seed(seed);
+            let d = common::decide(&router, &executor, &request, &ctx);
+            (ctx, d)
+        })
+        .find(|(_, d)| d.winner == ALPHA)
+        .expect("exploration picks alpha for some seed");
+    let rows = executor
+        .execute(&request, &ctx, &decision, &RunControl::new())
+        .telemetry();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.selection_probability == 0.5));
+}
+
+#[test]
 fn quota_on_the_winner_fails_over_to_the_fallback_with_a_row_per_attempt() {
     let (alpha, alpha_script) = ScriptedProviderDouble::boxed("alpha", Answer::Quota);
     let (beta, beta_script) = ScriptedProviderDouble::boxed("beta", Answer::Exit(0));

@@ -460,16 +460,23 @@ fn describe_path_error<E: fmt::Display>(e: &serde_path_to_error::Error<E>) -> St
 pub struct DecisionContext {
     /// When the request arrived (UTC).
     pub now: OffsetDateTime,
+    /// Seed of the decision's random choices (exploration); `None` derives it from the
+    /// decision id. Not a feature: tests and replays set it to get reproducible choices.
+    pub seed: Option<u64>,
 }
 
 impl DecisionContext {
     pub fn at(now: OffsetDateTime) -> Self {
-        Self { now }
+        Self { now, seed: None }
     }
 
     pub fn now() -> Self {
-        Self {
-            now: OffsetDateTime::now_utc(),
-        }
+        Self::at(OffsetDateTime::now_utc())
+    }
+
+    /// This context with the random choices of the decision seeded by `seed`.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 }

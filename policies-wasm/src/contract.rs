@@ -218,9 +218,24 @@ impl InputBuffers {
         for pc in candidates {
             let cand = &**pc.candidate;
             self.last.push(Arc::clone(pc.candidate));
-            let provider = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.provider);
-            let region = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.region);
-            let area = intern(&mut self.interned, &mut c.names, &mut c.names_end, &cand.area);
+            let provider = intern(
+                &mut self.interned,
+                &mut c.names,
+                &mut c.names_end,
+                &cand.provider,
+            );
+            let region = intern(
+                &mut self.interned,
+                &mut c.names,
+                &mut c.names_end,
+                &cand.region,
+            );
+            let area = intern(
+                &mut self.interned,
+                &mut c.names,
+                &mut c.names_end,
+                &cand.area,
+            );
             c.provider.push(provider);
             c.region.push(region);
             c.area.push(area);

@@ -1,5 +1,6 @@
 //! Candidate enumeration, batched prediction, strategy objective and ranking.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,10 +17,11 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::RouterError;
+use crate::explore::{self, Exploration};
 use crate::models::{ModelSet, Predictions};
 
 /// Failure probabilities are capped here so expected values stay finite.
-const MAX_FAILURE_PROB: f64 = 0.95;
+pub(crate) const MAX_FAILURE_PROB: f64 = 0.95;
 
 /// What the models predict for one candidate, plus the derived expectations the strategy uses.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,12 +36,38 @@ pub struct Prediction {
     pub expected_latency_ms: f64,
 }
 
+impl Prediction {
+    /// The prediction of one candidate from the four models' outputs in natural units, as
+    /// every decision derives it: p95 is never below p50 (independent quantile models can
+    /// cross), the failure probability is capped at 0.95, and the expectations include the
+    /// expected retries.
+    pub fn from_outputs(
+        latency_p50_ms: f64,
+        latency_p95_ms: f64,
+        cost_usd: f64,
+        failure: f64,
+    ) -> Self {
+        let p95 = latency_p95_ms.max(latency_p50_ms);
+        let fail = failure.clamp(0.0, MAX_FAILURE_PROB);
+        Self {
+            latency_p50_ms,
+            latency_p95_ms: p95,
+            cost_usd,
+            failure_prob: fail,
+            expected_cost_usd: cost_usd / (1.0 - fail),
+            expected_latency_ms: latency_p50_ms / (1.0 - fail),
+        }
+    }
+}
+
 /// Why a candidate won, lost or was dropped.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Verdict {
     Winner,
-    /// Kept as a fallback, `behind_by_pct` worse than the winner under the strategy.
+    /// Kept as a fallback, `behind_by_pct` worse than the best score under the strategy (the
+    /// winner's, unless the decision explored: then the greedy winner is the first fallback,
+    /// 0% behind).
     Fallback {
         rank: usize,
         behind_by_pct: f64,
@@ -130,6 +158,13 @@ pub struct Decision {
     pub policies: Vec<PolicyReport>,
     /// Every enumerated candidate: ranked feasible ones first, then the filtered ones.
     pub candidates: Vec<CandidateVerdict>,
+    /// Probability with which the winner was chosen among the feasible candidates: 1 without
+    /// exploration; with exploration, exact for ε-greedy and a Monte-Carlo estimate for
+    /// Thompson sampling (docs/exploration.md). Telemetry logs it as `selection_probability`.
+    pub selection_probability: f64,
+    /// Whether exploration chose a candidate other than the greedy winner (which is then the
+    /// first fallback).
+    pub explored: bool,
 }
 
 impl Decision {
@@ -202,6 +237,7 @@ pub struct Router {
     models: ModelSet,
     max_fallbacks: usize,
     policies: Option<PolicyStore>,
+    exploration: Exploration,
 }
 
 impl Router {
@@ -222,7 +258,20 @@ impl Router {
             models,
             max_fallbacks: 3,
             policies: None,
+            exploration: Exploration::Off,
         }
+    }
+
+    /// Explores with `exploration` (validated) among the candidates that pass every
+    /// constraint and every policy; [`Exploration::Off`] (the default) decides greedily.
+    pub fn with_exploration(mut self, exploration: Exploration) -> Result<Self, RouterError> {
+        exploration.validate()?;
+        self.exploration = exploration;
+        Ok(self)
+    }
+
+    pub fn exploration(&self) -> Exploration {
+        self.exploration
     }
 
     /// Runs `store`'s policies on every decision, after prediction: each sees the request and
@@ -322,19 +371,13 @@ impl Router {
         // (candidate index, prediction) of the candidates that stay in the ranking.
         let mut scored: Vec<(usize, Prediction)> = Vec::with_capacity(scratch.live.len());
         for (i, &k) in scratch.live.iter().enumerate() {
-            let p50 = batch.latency_p50_ms[i];
-            // Independent quantile models can cross; p95 is never below p50.
-            let p95 = batch.latency_p95_ms[i].max(p50);
-            let fail = batch.failure_prob[i].clamp(0.0, MAX_FAILURE_PROB);
-            let cost = batch.cost_usd[i];
-            let prediction = Prediction {
-                latency_p50_ms: p50,
-                latency_p95_ms: p95,
-                cost_usd: cost,
-                failure_prob: fail,
-                expected_cost_usd: cost / (1.0 - fail),
-                expected_latency_ms: p50 / (1.0 - fail),
-            };
+            let prediction = Prediction::from_outputs(
+                batch.latency_p50_ms[i],
+                batch.latency_p95_ms[i],
+                batch.cost_usd[i],
+                batch.failure_prob[i],
+            );
+            let (p95, cost) = (prediction.latency_p95_ms, prediction.cost_usd);
             let breach = match (c.max_latency_ms, c.max_cost_usd) {
                 (Some(max), _) if p95 > max => Some((
                     "constraints.max_latency_ms",
@@ -429,29 +472,57 @@ impl Router {
         }
 
         let strategy = request.strategy();
-        let mut scores = objective(strategy, &scored);
+        let mut scores = Vec::with_capacity(scored.len());
+        objective_into(
+            strategy,
+            &scored,
+            |s| s.1.expected_cost_usd,
+            |s| s.1.expected_latency_ms,
+            &mut scores,
+        );
         if !policy.factors.is_empty() {
             for (score, factor) in scores.iter_mut().zip(&policy.factors) {
                 *score *= factor;
             }
         }
         let mut order: Vec<usize> = (0..scored.len()).collect();
-        // Lower score first, then lower expected latency, then candidate id (then catalog
-        // order, as a stable sort would keep equal ids).
-        order.sort_unstable_by(|&a, &b| {
-            scores[a]
-                .total_cmp(&scores[b])
-                .then(
-                    scored[a]
-                        .1
-                        .expected_latency_ms
-                        .total_cmp(&scored[b].1.expected_latency_ms),
-                )
-                .then(self.id_rank[scored[a].0].cmp(&self.id_rank[scored[b].0]))
-                .then(scored[a].0.cmp(&scored[b].0))
-        });
+        sort_ranked(
+            &mut order,
+            &scores,
+            |i| scored[i].1.expected_latency_ms,
+            |a, b| {
+                self.id_rank[scored[a].0]
+                    .cmp(&self.id_rank[scored[b].0])
+                    .then(scored[a].0.cmp(&scored[b].0))
+            },
+        );
         let best = scores[order[0]];
+        let greedy = order[0];
+        // Exploration (when on) may put another feasible candidate first; the others keep
+        // their ranked order behind it.
+        let choice = if self.exploration.is_off() {
+            None
+        } else {
+            let (hi, lo) = decision_id.as_u64_pair();
+            let predictions: Vec<&Prediction> = scored.iter().map(|(_, p)| p).collect();
+            let choice = explore::choose(
+                self.exploration,
+                ctx.seed.unwrap_or(hi ^ lo),
+                strategy,
+                &predictions,
+                &policy.factors,
+                &order,
+            );
+            if choice.rank > 0 {
+                let chosen = order.remove(choice.rank);
+                order.insert(0, chosen);
+            }
+            Some(choice)
+        };
+        let explored = choice.is_some_and(|c| c.rank > 0);
         let winner = &scored[order[0]];
+        // Outscored candidates are compared with the best-scoring one.
+        let reference = &scored[greedy];
         let mut candidates = Vec::with_capacity(self.candidates.len());
         for (rank, &i) in order.iter().enumerate() {
             let behind_by_pct = if best > 0.0 {
@@ -468,7 +539,17 @@ impl Router {
                 r => Verdict::Outscored {
                     rank: r,
                     behind_by_pct,
-                    reason: lost_by(strategy, &scored[i].1, &winner.1, behind_by_pct),
+                    reason: lost_by(
+                        strategy,
+                        &scored[i].1,
+                        &reference.1,
+                        behind_by_pct,
+                        if explored {
+                            "greedy winner's"
+                        } else {
+                            "winner's"
+                        },
+                    ),
                 },
             };
             candidates.push(CandidateVerdict {
@@ -487,10 +568,27 @@ impl Router {
         candidates.extend(filtered);
 
         let decision_id = decision_id.to_string();
-        let mut explanation = explain(strategy, &candidates, n_feasible);
+        let selection_probability = choice.map_or(1.0, |c| c.probability);
+        let mut explanation = if explored {
+            explain_explored(
+                strategy,
+                &candidates,
+                n_feasible,
+                self.exploration,
+                selection_probability,
+            )
+        } else {
+            explain(strategy, &candidates, n_feasible)
+        };
+        if choice.is_some() && !explored {
+            explanation.push_str(&format!(
+                " Exploration ({}) kept the greedy choice (probability {selection_probability:.3}).",
+                self.exploration.describe()
+            ));
+        }
         explain_policies(&policy.reports, &mut explanation);
         let winner_id = &self.candidates[winner.0].id;
-        tracing::debug!(%decision_id, winner = %winner_id, n_feasible, "decided");
+        tracing::debug!(%decision_id, winner = %winner_id, n_feasible, explored, selection_probability, "decided");
         Ok(Decision {
             decision_id,
             decided_at: ctx.now.format(&Rfc3339).unwrap_or_default(),
@@ -507,6 +605,8 @@ impl Router {
             n_feasible,
             policies: policy.reports,
             candidates,
+            selection_probability,
+            explored,
         })
     }
 }
@@ -610,49 +710,94 @@ fn explain_policies(reports: &[PolicyReport], text: &mut String) {
     }
 }
 
-/// Objective values (lower is better) of feasible candidates under `strategy`.
-fn objective(strategy: Strategy, scored: &[(usize, Prediction)]) -> Vec<f64> {
+/// Objective values (lower is better) of feasible candidates under `strategy`, into `out`:
+/// `cost(item)` and `latency(item)` are each candidate's expected cost and latency.
+pub(crate) fn objective_into<T>(
+    strategy: Strategy,
+    items: &[T],
+    cost: impl Fn(&T) -> f64,
+    latency: impl Fn(&T) -> f64,
+    out: &mut Vec<f64>,
+) {
+    out.clear();
     match strategy {
-        Strategy::OptimizeCost => scored.iter().map(|(_, p)| p.expected_cost_usd).collect(),
-        Strategy::OptimizeLatency => scored.iter().map(|(_, p)| p.expected_latency_ms).collect(),
+        Strategy::OptimizeCost => out.extend(items.iter().map(cost)),
+        Strategy::OptimizeLatency => out.extend(items.iter().map(latency)),
         Strategy::Balanced { cost_weight } => {
             // Each term is a ratio to the best feasible value, so 1.0 means "as good as the best".
-            let min_cost = scored
+            let min_cost = items
                 .iter()
-                .map(|(_, p)| p.expected_cost_usd)
+                .map(&cost)
                 .fold(f64::INFINITY, f64::min)
                 .max(f64::MIN_POSITIVE);
-            let min_lat = scored
+            let min_lat = items
                 .iter()
-                .map(|(_, p)| p.expected_latency_ms)
+                .map(&latency)
                 .fold(f64::INFINITY, f64::min)
                 .max(f64::MIN_POSITIVE);
-            scored
-                .iter()
-                .map(|(_, p)| {
-                    cost_weight * p.expected_cost_usd / min_cost
-                        + (1.0 - cost_weight) * p.expected_latency_ms / min_lat
-                })
-                .collect()
+            out.extend(items.iter().map(|t| {
+                cost_weight * cost(t) / min_cost + (1.0 - cost_weight) * latency(t) / min_lat
+            }));
         }
     }
 }
 
-fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64) -> String {
+/// Sorts candidate indices best first: lower score, then lower expected latency, then `tie`
+/// (candidate id, then catalog order, as a stable sort would keep equal ids).
+fn sort_ranked(
+    order: &mut [usize],
+    scores: &[f64],
+    expected_latency: impl Fn(usize) -> f64,
+    tie: impl Fn(usize, usize) -> Ordering,
+) {
+    order.sort_unstable_by(|&a, &b| {
+        scores[a]
+            .total_cmp(&scores[b])
+            .then(expected_latency(a).total_cmp(&expected_latency(b)))
+            .then(tie(a, b))
+    });
+}
+
+/// The greedy ranking a decision makes of candidates with these predictions under
+/// `strategy`, without policies: indices into `candidates` (id, prediction), best first, with
+/// the decision's objective and tie-breaks. Offline evaluation re-decides logged requests
+/// with it.
+pub fn rank_predictions(strategy: Strategy, candidates: &[(&str, Prediction)]) -> Vec<usize> {
+    let mut scores = Vec::with_capacity(candidates.len());
+    objective_into(
+        strategy,
+        candidates,
+        |c| c.1.expected_cost_usd,
+        |c| c.1.expected_latency_ms,
+        &mut scores,
+    );
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    sort_ranked(
+        &mut order,
+        &scores,
+        |i| candidates[i].1.expected_latency_ms,
+        |a, b| candidates[a].0.cmp(candidates[b].0).then(a.cmp(&b)),
+    );
+    order
+}
+
+/// Why a candidate with prediction `p` lost to the best-scoring one, `w` (`whose`: the
+/// winner's, or the greedy winner's when exploration chose another winner).
+fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64, whose: &str) -> String {
     match strategy {
         Strategy::OptimizeCost => {
             format!(
-                "expected cost ${:.8} is {pct:.0}% above the winner's ${:.8}",
+                "expected cost ${:.8} is {pct:.0}% above the {whose} ${:.8}",
                 p.expected_cost_usd, w.expected_cost_usd
             )
         }
         Strategy::OptimizeLatency => {
             format!(
-                "expected latency {:.0} ms is {pct:.0}% above the winner's {:.0} ms",
+                "expected latency {:.0} ms is {pct:.0}% above the {whose} {:.0} ms",
                 p.expected_latency_ms, w.expected_latency_ms
             )
         }
-        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the winner's"),
+        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the {whose}"),
     }
 }
 
@@ -707,6 +852,47 @@ fn binding_constraints(filtered: &[CandidateVerdict]) -> Vec<BindingConstraint> 
             .then(a.constraint.cmp(&b.constraint))
     });
     out
+}
+
+/// The explanation of a decision whose winner exploration chose instead of the greedy winner
+/// (`ranked[1]`).
+fn explain_explored(
+    strategy: Strategy,
+    ranked: &[CandidateVerdict],
+    n_feasible: usize,
+    exploration: Exploration,
+    probability: f64,
+) -> String {
+    let (w, greedy) = (&ranked[0], &ranked[1]);
+    let mut text = format!(
+        "Explored: chose {} with probability {probability:.3} instead of greedy {} ({}).",
+        w.candidate.id,
+        greedy.candidate.id,
+        exploration.describe()
+    );
+    if let Some(p) = &w.prediction {
+        text.push_str(&format!(
+            " {} predicts cost ${:.8}, p50 {:.0} ms, p95 {:.0} ms, failure risk {:.1}%.",
+            w.candidate.id,
+            p.cost_usd,
+            p.latency_p50_ms,
+            p.latency_p95_ms,
+            100.0 * p.failure_prob
+        ));
+    }
+    let goal = match strategy {
+        Strategy::OptimizeCost => "lowest expected cost".to_owned(),
+        Strategy::OptimizeLatency => "lowest expected latency".to_owned(),
+        Strategy::Balanced { cost_weight } => {
+            format!("best balance of cost (weight {cost_weight}) and latency")
+        }
+    };
+    text.push_str(&format!(
+        " {} has the {goal} of {n_feasible} feasible candidates (of {}) and is the first fallback.",
+        greedy.candidate.id,
+        ranked.len()
+    ));
+    text
 }
 
 fn explain(strategy: Strategy, ranked: &[CandidateVerdict], n_feasible: usize) -> String {

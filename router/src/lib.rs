@@ -7,18 +7,25 @@
 //! request's strategy. Every enumerated candidate appears in the [`Decision`] with its
 //! predictions or the reason it was dropped.
 //!
+//! [`Router::with_exploration`] makes it explore ([`Exploration`]: ε-greedy or Thompson
+//! sampling among the candidates that pass every constraint and policy) and record the
+//! probability of each choice in the [`Decision`], so its telemetry can train and evaluate
+//! models without the bias of only seeing past winners.
+//!
 //! Models are evaluated natively ([`NativeModel`]: LightGBM's text format, evaluated in pure
 //! Rust with LightGBM's exact semantics), so serving does not link LightGBM. A worker keeps a
 //! [`Scratch`] and calls [`Router::decide_with`] so scoring reuses its buffers.
 
 mod decide;
+mod explore;
 mod models;
 mod native;
 
 pub use decide::{
     BindingConstraint, CandidateVerdict, Decision, PolicyAdjustment, PolicyReport, Prediction,
-    Router, Scratch, Verdict,
+    Router, Scratch, Verdict, rank_predictions,
 };
+pub use explore::{DEFAULT_THOMPSON_DRAWS, Exploration};
 #[cfg(feature = "lightgbm-reference")]
 pub use models::Evaluator;
 pub use models::ModelSet;
@@ -38,6 +45,9 @@ pub enum RouterError {
         binding: Vec<BindingConstraint>,
         summary: String,
     },
+    /// An exploration setting is invalid (`epsilon:1.5`, `thompson:0`, an unknown kind).
+    #[error("invalid exploration {0}")]
+    InvalidExploration(String),
     /// Prediction failed (rows of the wrong shape); a bug, not a user error.
     #[error("prediction failed: {0}")]
     Prediction(String),

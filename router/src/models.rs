@@ -13,6 +13,7 @@ use sandstorm_features::model::{
 };
 
 use crate::RouterError;
+use crate::decide::Prediction;
 use crate::native::{EvalScratch, NativeModel};
 
 /// Which implementation predicts.
@@ -141,6 +142,30 @@ impl ModelSet {
             .position(|r| *r == role)
             .unwrap_or_default();
         &self.models[i]
+    }
+
+    /// The prediction of every row of a row-major matrix of encoded rows (`N_FEATURES` per
+    /// row), derived exactly as a decision derives it ([`Prediction::from_outputs`]).
+    /// Allocates; offline tools use it, serving goes through [`crate::Router::decide_with`].
+    pub fn predict(&self, rows: &[f64]) -> Result<Vec<Prediction>, RouterError> {
+        if !rows.len().is_multiple_of(N_FEATURES) {
+            return Err(RouterError::Prediction(format!(
+                "{} values are not rows of {N_FEATURES} features",
+                rows.len()
+            )));
+        }
+        let mut out = Predictions::default();
+        self.predict_into(rows, &mut out)?;
+        Ok((0..rows.len() / N_FEATURES)
+            .map(|i| {
+                Prediction::from_outputs(
+                    out.latency_p50_ms[i],
+                    out.latency_p95_ms[i],
+                    out.cost_usd[i],
+                    out.failure_prob[i],
+                )
+            })
+            .collect())
     }
 
     /// Predicts every role for a row-major matrix of encoded rows into `out`.

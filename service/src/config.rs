@@ -44,6 +44,10 @@ pub struct Config {
     /// The accepted API keys.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
+    /// How the router explores: `off` (default), `epsilon:E` or `thompson[:DRAWS]`
+    /// (docs/exploration.md). Telemetry logs each decision's selection probability.
+    #[serde(default)]
+    pub exploration: sandstorm_router::Exploration,
     /// WebAssembly routing policies; none run when absent.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
@@ -154,6 +158,7 @@ impl Config {
             limits: Limits::default(),
             tenants: BTreeMap::new(),
             api_keys: Vec::new(),
+            exploration: sandstorm_router::Exploration::Off,
             policies: None,
         }
     }
@@ -304,6 +309,36 @@ scopes = ["admin"]
         )
         .unwrap_err();
         assert!(e.to_string().contains("requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn exploration_is_read_and_bad_values_name_the_field() {
+        let c = Config::from_toml("models_dir = 'm'", Path::new(".")).unwrap();
+        assert_eq!(c.exploration, sandstorm_router::Exploration::Off);
+        let c = Config::from_toml(
+            "models_dir = 'm'\nexploration = 'epsilon:0.05'",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            c.exploration,
+            sandstorm_router::Exploration::EpsilonGreedy { epsilon: 0.05 }
+        );
+        let c = Config::from_toml("models_dir = 'm'\nexploration = 'thompson'", Path::new("."))
+            .unwrap();
+        assert!(matches!(
+            c.exploration,
+            sandstorm_router::Exploration::Thompson { .. }
+        ));
+        for bad in ["epsilon:2", "softmax"] {
+            let e = Config::from_toml(
+                &format!("models_dir = 'm'\nexploration = '{bad}'"),
+                Path::new("."),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("exploration") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

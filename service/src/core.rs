@@ -12,7 +12,7 @@ use sandstorm_adapters::Providers;
 use sandstorm_executor::{BreakerConfig, Breakers, Executor, FailoverPolicy};
 use sandstorm_features::telemetry::{TelemetryRecord, to_micros};
 use sandstorm_features::{Candidate, Catalog, DecisionContext, RunRequest};
-use sandstorm_router::{Decision, ModelSet, Router, Scratch};
+use sandstorm_router::{Decision, Exploration, ModelSet, Router, Scratch};
 use sandstorm_runtime::{Availability, Engine};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
@@ -60,13 +60,19 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
 }
 
-/// A router over `catalog` with `models`, running `policies` when there are any.
-fn router_for(catalog: &Catalog, models: ModelSet, policies: Option<&Policies>) -> Router {
-    let router = Router::new(catalog, models);
-    match policies {
+/// A router over `catalog` with `models`, running `policies` when there are any and exploring
+/// as configured.
+fn router_for(
+    catalog: &Catalog,
+    models: ModelSet,
+    policies: Option<&Policies>,
+    exploration: Exploration,
+) -> Result<Router, ServiceError> {
+    let router = Router::new(catalog, models).with_exploration(exploration)?;
+    Ok(match policies {
         Some(p) => router.with_policies(p.store().clone()),
         None => router,
-    }
+    })
 }
 
 /// The shared state of the service.
@@ -75,6 +81,8 @@ pub struct Core {
     router: RwLock<Arc<Router>>,
     catalog: Catalog,
     models_dir: PathBuf,
+    /// How the router explores (kept across model reloads).
+    exploration: Exploration,
     /// Runs decisions: local engine, remote providers, edge agents, failover, breakers.
     executor: Executor,
     pub(crate) runs: Registry,
@@ -100,7 +108,10 @@ impl Core {
         };
         let models = ModelSet::load(&resolve_models_dir(&config.models_dir)?)?;
         let policies = config.policies.as_ref().map(Policies::open).transpose()?;
-        let router = router_for(&catalog, models, policies.as_ref());
+        let router = router_for(&catalog, models, policies.as_ref(), config.exploration)?;
+        if !config.exploration.is_off() {
+            tracing::info!(exploration = %config.exploration, "router explores");
+        }
         let telemetry = match &config.telemetry_dir {
             None => None,
             Some(dir) => Some(sandstorm_datasets::TelemetryWriter::open(
@@ -126,6 +137,7 @@ impl Core {
             router: RwLock::new(Arc::new(router)),
             catalog,
             models_dir: config.models_dir.clone(),
+            exploration: config.exploration,
             executor,
             runs: Registry::new(config.max_retained_runs),
             telemetry,
@@ -156,7 +168,12 @@ impl Core {
     pub fn reload_models(&self) -> Result<String, ServiceError> {
         let models = ModelSet::load(&resolve_models_dir(&self.models_dir)?)?;
         let version = models.version().to_owned();
-        let router = Arc::new(router_for(&self.catalog, models, self.policies.as_ref()));
+        let router = Arc::new(router_for(
+            &self.catalog,
+            models,
+            self.policies.as_ref(),
+            self.exploration,
+        )?);
         *self.router.write().unwrap_or_else(PoisonError::into_inner) = router;
         tracing::info!(%version, "models reloaded");
         Ok(version)

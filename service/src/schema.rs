@@ -99,6 +99,12 @@ pub(crate) struct DecisionDoc {
     /// or filtered with the reason).
     #[schema(value_type = Vec<Object>)]
     candidates: Vec<serde_json::Value>,
+    /// Probability with which the winner was chosen: 1 unless the service explores
+    /// (`exploration` in the configuration).
+    selection_probability: f64,
+    /// Whether exploration chose another candidate than the greedy winner (then the first
+    /// fallback).
+    explored: bool,
 }
 
 /// `POST /v1/runs`: the run was accepted and is starting.

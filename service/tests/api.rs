@@ -598,3 +598,49 @@ async fn shutdown_cancels_runs_after_the_grace_period() {
     let events = sse_events(&logs.await.unwrap().text());
     assert_eq!(events.last().unwrap().1, "cancelled", "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exploring_service_logs_each_runs_selection_probability() {
+    let mut s = TestServer::start_with(|c| {
+        c.exploration = sandstorm_router::Exploration::EpsilonGreedy { epsilon: 1.0 };
+    })
+    .await;
+    // ε = 1: every feasible candidate is chosen with probability 1 / n_feasible.
+    let r = s.post_json("/v1/route", ACME, &local_command("true")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = r.json();
+    let n = d["n_feasible"].as_f64().unwrap();
+    assert!(
+        (d["selection_probability"].as_f64().unwrap() - 1.0 / n).abs() < 1e-12,
+        "{d}"
+    );
+    assert!(d["explored"].is_boolean());
+
+    let r = s
+        .post_json("/v1/runs", ACME, &local_command("echo explored"))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["run_id"].as_str().unwrap().to_owned();
+    s.wait_run(&id, ACME, |v| v["state"] == "completed").await;
+    tokio::time::timeout(Duration::from_secs(60), s.shutdown())
+        .await
+        .expect("stops in time")
+        .unwrap()
+        .unwrap();
+    let batches = sandstorm_datasets::read_parquet_dir(&s.dir.path().join("telemetry")).unwrap();
+    let rows: Vec<_> = batches
+        .iter()
+        .flat_map(|b| sandstorm_features::telemetry::from_record_batch(b).unwrap())
+        .filter(|r| r.run_id == id)
+        .collect();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let expected = 1.0 / f64::from(row.n_feasible);
+        assert!(
+            (row.selection_probability - expected).abs() < 1e-12,
+            "{} with {} feasible",
+            row.selection_probability,
+            row.n_feasible
+        );
+    }
+}

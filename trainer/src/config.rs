@@ -1,8 +1,8 @@
 //! Training configuration files for data scientists: `train.toml` (LightGBM parameters by their
 //! own names in a `[params]` table, per-model overrides, cross-validation, search and report
-//! settings) or LightGBM's own `key = value` `.conf` format. Every parameter name is checked
-//! against the names and aliases of the LightGBM library linked in, so a typo is an error that
-//! names the key instead of a silently ignored setting.
+//! settings, inverse-propensity weighting) or LightGBM's own `key = value` `.conf` format.
+//! Every parameter name is checked against the names and aliases of the LightGBM library
+//! linked in, so a typo is an error that names the key instead of a silently ignored setting.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,6 +13,7 @@ use sandstorm_features::model::ModelRole;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::weighting::{DEFAULT_MAX_WEIGHT, IpwConfig};
 use crate::{TrainConfig, TrainerError, lgbm};
 
 /// `train.toml`. Every table and key is optional; absent values keep [`TrainConfig`]'s.
@@ -34,6 +35,7 @@ struct TrainFile {
     cv: Option<CvSection>,
     search: Option<SearchSection>,
     report: Option<ReportSection>,
+    weighting: Option<WeightingSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +50,16 @@ struct SearchSection {
     trials: usize,
     /// e.g. `"60s"`, `"5m"`.
     budget: Option<String>,
+}
+
+/// `[weighting]`: inverse-propensity weighting of training rows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightingSection {
+    #[serde(default)]
+    ipw: bool,
+    /// Weights above it are clipped to it (default 20).
+    max_weight: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +125,21 @@ fn apply(file: TrainFile, mut cfg: TrainConfig) -> Result<TrainConfig, TrainerEr
         cfg.search_trials = s.trials;
         if let Some(b) = s.budget {
             cfg.search_budget = parse_duration(&b)?;
+        }
+    }
+    if let Some(w) = file.weighting {
+        if w.ipw {
+            let ipw = IpwConfig {
+                max_weight: w.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT),
+            };
+            ipw.validate()?;
+            cfg.ipw = Some(ipw);
+        } else if w.max_weight.is_some() {
+            return Err(TrainerError::Config(
+                "weighting.max_weight is set but weighting.ipw is not true".to_owned(),
+            ));
+        } else {
+            cfg.ipw = None;
         }
     }
     if let Some(r) = file.report {
@@ -324,6 +351,32 @@ mod tests {
         assert_eq!(cfg.search_trials, 4);
         assert_eq!(cfg.search_budget, Duration::from_secs(120));
         assert_eq!(cfg.model_params[&ModelRole::LatencyP95]["alpha"], 0.9);
+
+        assert_eq!(cfg.ipw, None);
+
+        std::fs::write(&toml_path, "[weighting]\nipw = true\nmax_weight = 50\n").unwrap();
+        let cfg = load(&toml_path, TrainConfig::default()).unwrap();
+        assert_eq!(cfg.ipw, Some(IpwConfig { max_weight: 50.0 }));
+        std::fs::write(&toml_path, "[weighting]\nipw = true\n").unwrap();
+        let cfg = load(&toml_path, TrainConfig::default()).unwrap();
+        assert_eq!(cfg.ipw, Some(IpwConfig::default()));
+        for (bad, why) in [
+            (
+                "[weighting]\nipw = true\nmax_weight = 0.5\n",
+                "weighting.max_weight",
+            ),
+            ("[weighting]\nmax_weight = 5\n", "weighting.ipw is not true"),
+            (
+                "[weighting]\nipw = true\nclip = 5\n",
+                "unknown field `clip`",
+            ),
+        ] {
+            std::fs::write(&toml_path, bad).unwrap();
+            let err = load(&toml_path, TrainConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
 
         std::fs::write(&toml_path, "[params]\nnum_leafs = 3\n").unwrap();
         let err = load(&toml_path, TrainConfig::default())

@@ -91,6 +91,14 @@ impl Dataset {
         let dataset = Dataset { handle };
         dataset.set_field("label", labels)?;
         if let Some(w) = weights {
+            if w.len() != n_rows {
+                return Err(TrainerError::Internal(format!(
+                    "{} weights for {n_rows} rows",
+                    w.len()
+                )));
+            }
+            // Per-row weights (inverse-propensity weighting): LightGBM multiplies each row's
+            // gradient and hessian by its weight.
             dataset.set_field("weight", w)?;
         }
         Ok(dataset)
@@ -99,8 +107,9 @@ impl Dataset {
     fn set_field(&self, name: &str, values: &[f32]) -> Result<(), TrainerError> {
         let field =
             CString::new(name).map_err(|_| TrainerError::Internal("field name".to_owned()))?;
-        // SAFETY: the handle is live; `values` holds exactly values.len() f32 values, which
-        // LightGBM copies.
+        // SAFETY: the handle is live; `field` is NUL-terminated; `values` holds exactly
+        // values.len() f32 values (`label` and `weight` are float32 fields, one per row, as the
+        // C_API_DTYPE_FLOAT32 argument says), which LightGBM copies before returning.
         let code = unsafe {
             sys::LGBM_DatasetSetField(
                 self.handle,

@@ -4,9 +4,12 @@
 //! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
 //! holdout for metrics), optionally cross-validates (forward chaining) and searches
 //! hyper-parameters per model, trains one LightGBM model per [`ModelRole`], explains it (split
-//! and gain importance, SHAP on a sample) and writes a model directory in the layout of
+//! and gain importance, SHAP on a sample), optionally weighting rows by inverse propensity
+//! ([`IpwConfig`]: rows the logging policy chose with a small probability count more) and
+//! writes a model directory in the layout of
 //! `sandstorm_features::model` plus `training.json` and `report.html`. [`registry`] versions
-//! model directories and promotes champions. [`query`] runs SQL and the named reports over
+//! model directories and promotes champions. [`offpolicy`] estimates a new policy's value on
+//! logged decisions (IPS, self-normalised IPS, doubly robust). [`query`] runs SQL and the named reports over
 //! telemetry (`sandstorm telemetry query|report`). Serving crates never depend on this crate.
 
 mod config;
@@ -14,12 +17,15 @@ mod data;
 mod explain;
 mod lgbm;
 mod metrics;
+pub mod offpolicy;
 pub mod query;
 pub mod registry;
 mod report;
 mod tune;
+mod weighting;
 
 pub use config::parse_duration;
+pub use weighting::{DEFAULT_MAX_WEIGHT, IpwConfig, WeightStats};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,6 +120,10 @@ pub struct TrainConfig {
     pub shap_sample: usize,
     /// Draw progress bars on stderr (only shown on a terminal).
     pub progress: bool,
+    /// Weight rows by `1 / selection_probability` (clipped, normalised to mean 1) so models
+    /// trained on a router's own choices are not biased toward past winners; `None`: every
+    /// row weighs 1.
+    pub ipw: Option<IpwConfig>,
 }
 
 impl Default for TrainConfig {
@@ -133,6 +143,7 @@ impl Default for TrainConfig {
             report: true,
             shap_sample: 500,
             progress: false,
+            ipw: None,
         }
     }
 }
@@ -152,6 +163,8 @@ pub struct TrainReport {
     pub metadata: ModelMetadata,
     /// `report.html` in the model directory, when written.
     pub report_html: Option<PathBuf>,
+    /// The inverse-propensity weights of the training rows, when weighted.
+    pub weighting: Option<WeightStats>,
 }
 
 /// `training.json`: how each model was tuned and what it relies on.
@@ -217,6 +230,33 @@ pub fn train_records(
     let n_train = n - n_hold - n_valid;
     let (pre_rows, hold_rows) = rows.split_at(n - n_hold);
     let (train_rows, valid_rows) = pre_rows.split_at(n_train);
+    // Inverse-propensity weights of the rows before the holdout (holdout metrics stay
+    // unweighted).
+    let pre_weights = match &cfg.ipw {
+        Some(ipw) => {
+            ipw.validate()?;
+            Some(weighting::clipped_weights(&rows, ipw)?[..n - n_hold].to_vec())
+        }
+        None => None,
+    };
+    let (train_weights, valid_weights) = match &pre_weights {
+        Some(w) => (Some(&w[..n_train]), Some(&w[n_train..])),
+        None => (None, None),
+    };
+    let weight_stats = cfg
+        .ipw
+        .as_ref()
+        .zip(train_weights)
+        .map(|(ipw, w)| weighting::stats(train_rows, w, ipw));
+    if let Some(s) = &weight_stats {
+        tracing::info!(
+            min = s.min,
+            max = s.max,
+            mean = s.mean,
+            clipped_share = s.clipped_share,
+            "inverse-propensity weights"
+        );
+    }
 
     let space = FeatureSpace::fit(train_rows.iter().map(|r| FeatureInput::from_record(r)));
     let encode = |set: &[&TelemetryRecord]| {
@@ -251,8 +291,13 @@ pub fn train_records(
     let mut hasher = Sha256::new();
     for (role_index, role) in ModelRole::ALL.into_iter().enumerate() {
         let split = |set: &[&TelemetryRecord], x: &[f64]| select(role, set, x);
-        let (tx, ty, _) = split(train_rows, &x_train);
-        let (vx, vy, _) = split(valid_rows, &x_valid);
+        // The weights of the rows `select` kept.
+        let pick = |w: Option<&[f64]>, idx: &[usize]| {
+            w.map(|w| idx.iter().map(|&i| w[i]).collect::<Vec<f64>>())
+        };
+        let (tx, ty, tidx) = split(train_rows, &x_train);
+        let (vx, vy, vidx) = split(valid_rows, &x_valid);
+        let (tw, vw) = (pick(train_weights, &tidx), pick(valid_weights, &vidx));
         let (hx, hy, hidx) = split(hold_rows, &x_hold);
         if ty.len() < 20 || vy.is_empty() || (hy.is_empty() && !hold_rows.is_empty()) {
             return Err(TrainerError::Input(format!(
@@ -271,7 +316,8 @@ pub fn train_records(
         let higher = tune::higher_is_better(&metric);
 
         // Tuning sees only the rows before the holdout, in time order.
-        let (px, py, _) = split(pre_rows, &x_pre);
+        let (px, py, pidx) = split(pre_rows, &x_pre);
+        let pw = pick(pre_weights.as_deref(), &pidx);
         let bounds = tune::fold_bounds(py.len(), cfg.cv_folds, cfg.valid_fraction);
         let mut search = None;
         let mut cv = None;
@@ -290,6 +336,7 @@ pub fn train_records(
             let result = tune::search(
                 &px,
                 &py,
+                pw.as_deref(),
                 N_FEATURES,
                 &bounds,
                 &params,
@@ -311,17 +358,28 @@ pub fn train_records(
         } else if cfg.cv_folds >= 2 {
             bar.set_message(format!("cross-validating {}", role.as_str()));
             cv = Some(tune::cross_validate(
-                &px, &py, N_FEATURES, &bounds, &params, rounds,
+                &px,
+                &py,
+                pw.as_deref(),
+                N_FEATURES,
+                &bounds,
+                &params,
+                rounds,
             )?);
         }
 
         bar.set_message(format!("training {}", role.as_str()));
-        let train_set = lgbm::Dataset::new(&tx, N_FEATURES, &to_f32(&ty), None, &params, None)?;
+        let (tw, vw) = (
+            tw.as_deref().map(weighting::normalised),
+            vw.as_deref().map(weighting::normalised),
+        );
+        let train_set =
+            lgbm::Dataset::new(&tx, N_FEATURES, &to_f32(&ty), tw.as_deref(), &params, None)?;
         let valid_set = lgbm::Dataset::new(
             &vx,
             N_FEATURES,
             &to_f32(&vy),
-            None,
+            vw.as_deref(),
             &params,
             Some(&train_set),
         )?;
@@ -434,6 +492,7 @@ pub fn train_records(
             .iter()
             .map(|(r, m)| (r.as_str().to_owned(), m.clone()))
             .collect(),
+        weighting: weight_stats.clone(),
         models: details,
     };
     write_json(&out_dir.join(FEATURE_SCHEMA_FILE), &schema)?;
@@ -449,6 +508,7 @@ pub fn train_records(
         out_dir: out_dir.to_path_buf(),
         metadata,
         report_html,
+        weighting: weight_stats,
     })
 }
 
@@ -464,6 +524,8 @@ pub(crate) struct TrainingDetails {
     pub(crate) config_params: Map<String, Value>,
     /// The `[models.<name>]` parameters of the configuration, verbatim.
     pub(crate) config_model_params: BTreeMap<String, Map<String, Value>>,
+    /// Inverse-propensity weighting of the training rows (`null`: unweighted).
+    pub(crate) weighting: Option<WeightStats>,
     pub(crate) models: BTreeMap<String, RoleDetails>,
 }
 

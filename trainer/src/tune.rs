@@ -74,6 +74,7 @@ pub(crate) fn fold_bounds(n: usize, k: usize, valid_fraction: f64) -> Vec<(usize
 pub(crate) fn cross_validate(
     x: &[f64],
     y: &[f64],
+    weights: Option<&[f64]>,
     n_features: usize,
     bounds: &[(usize, usize)],
     params: &Map<String, Value>,
@@ -90,11 +91,14 @@ pub(crate) fn cross_validate(
             )));
         }
         let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
+        // Each fold's weights normalised to mean 1 on their own.
+        let train_w = weights.map(|w| crate::weighting::normalised(&w[..train_end]));
+        let valid_w = weights.map(|w| crate::weighting::normalised(&w[train_end..valid_end]));
         let train = lgbm::Dataset::new(
             &x[..train_end * n_features],
             n_features,
             &f32s(&y[..train_end]),
-            None,
+            train_w.as_deref(),
             params,
             None,
         )?;
@@ -102,7 +106,7 @@ pub(crate) fn cross_validate(
             &x[train_end * n_features..valid_end * n_features],
             n_features,
             &f32s(&y[train_end..valid_end]),
-            None,
+            valid_w.as_deref(),
             params,
             Some(&train),
         )?;
@@ -216,6 +220,7 @@ fn round4(x: f64) -> f64 {
 pub(crate) fn search(
     x: &[f64],
     y: &[f64],
+    weights: Option<&[f64]>,
     n_features: usize,
     bounds: &[(usize, usize)],
     base: &Map<String, Value>,
@@ -245,7 +250,7 @@ pub(crate) fn search(
         let mut params = base.clone();
         config::merge_params(&mut params, &overrides)?;
         let t0 = Instant::now();
-        let cv = cross_validate(x, y, n_features, bounds, &params, rounds)?;
+        let cv = cross_validate(x, y, weights, n_features, bounds, &params, rounds)?;
         tracing::debug!(trial = t, metric = cv.mean, "search trial");
         out.push(Trial {
             trial: t,

@@ -1,5 +1,7 @@
 //! A seeded simulator of a TEST WORLD that produces telemetry rows as if a uniformly random
-//! logging policy had routed a realistic request mix to the catalog's candidates.
+//! logging policy had routed a realistic request mix to the catalog's candidates
+//! ([`simulate`]), or any other [`LoggingPolicy`] ([`simulate_with`]: biased logging for
+//! weighting tests, a deterministic policy to measure its true value).
 //!
 //! Rows are produced lazily ([`simulate`]) and written in `rows_per_file` chunks
 //! ([`generate`]), so a million rows take bounded memory. Row `i` is drawn from its own
@@ -15,9 +17,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use sandstorm_features::telemetry::{self, TelemetryRecord, from_micros, to_micros};
-use sandstorm_features::{Catalog, DecisionContext, static_violation};
+use rand::{Rng, RngCore, SeedableRng};
+use sandstorm_features::telemetry::{
+    self, CandidateScore, TelemetryRecord, from_micros, to_micros,
+};
+use sandstorm_features::{Candidate, Catalog, DecisionContext, RunRequest, static_violation};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -95,6 +99,59 @@ pub struct GenerateSummary {
     pub status_counts: BTreeMap<String, usize>,
 }
 
+/// Who decides where a simulated request runs: given the request, the moment, and the
+/// candidates that pass its static constraints (in catalog order), the index of the chosen
+/// one in `feasible` and the probability with which it was chosen (logged as
+/// `selection_probability`). `rng` is the row's generator; a policy that draws from it keeps
+/// the simulation reproducible.
+///
+/// Any `FnMut(&RunRequest, &DecisionContext, &[&Candidate], &mut dyn RngCore) -> (usize, f64)`
+/// is a logging policy. An index out of range panics (a bug of the policy).
+pub trait LoggingPolicy {
+    fn choose(
+        &mut self,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        feasible: &[&Candidate],
+        rng: &mut dyn RngCore,
+    ) -> (usize, f64);
+}
+
+impl<F> LoggingPolicy for F
+where
+    F: FnMut(&RunRequest, &DecisionContext, &[&Candidate], &mut dyn RngCore) -> (usize, f64),
+{
+    fn choose(
+        &mut self,
+        request: &RunRequest,
+        ctx: &DecisionContext,
+        feasible: &[&Candidate],
+        rng: &mut dyn RngCore,
+    ) -> (usize, f64) {
+        self(request, ctx, feasible, rng)
+    }
+}
+
+/// The simulator's default logging policy: uniform among the feasible candidates
+/// (probability `1 / n_feasible`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UniformPolicy;
+
+impl LoggingPolicy for UniformPolicy {
+    fn choose(
+        &mut self,
+        _: &RunRequest,
+        _: &DecisionContext,
+        feasible: &[&Candidate],
+        rng: &mut dyn RngCore,
+    ) -> (usize, f64) {
+        (
+            rng.random_range(0..feasible.len()),
+            1.0 / feasible.len() as f64,
+        )
+    }
+}
+
 /// The simulated telemetry rows for `cfg`, produced lazily. Deterministic: the same catalog and
 /// config always yield the same rows.
 ///
@@ -104,6 +161,17 @@ pub fn simulate(
     catalog: &Catalog,
     cfg: &SimulatorConfig,
 ) -> impl Iterator<Item = TelemetryRecord> + use<> {
+    simulate_with(catalog, cfg, UniformPolicy)
+}
+
+/// [`simulate`] with another logging policy. Row `i` draws the same request (and arrival
+/// time) whatever the policy; the outcome is drawn after the choice, so a policy that draws
+/// a different number of random values sees different outcome noise.
+pub fn simulate_with<P: LoggingPolicy>(
+    catalog: &Catalog,
+    cfg: &SimulatorConfig,
+    mut policy: P,
+) -> impl Iterator<Item = TelemetryRecord> + use<P> {
     let world = World::new(catalog, cfg.seed);
     let rows = match world.unusable_reason() {
         None => cfg.rows,
@@ -113,12 +181,17 @@ pub fn simulate(
         }
     };
     let cfg = *cfg;
-    (0..rows).map_while(move |i| simulate_row(&world, &cfg, i))
+    (0..rows).map_while(move |i| simulate_row(&world, &cfg, i, &mut policy))
 }
 
 /// Row `i`: `None` only when no request draw is feasible, which
 /// [`World::unusable_reason`] rules out.
-fn simulate_row(world: &World, cfg: &SimulatorConfig, i: usize) -> Option<TelemetryRecord> {
+fn simulate_row(
+    world: &World,
+    cfg: &SimulatorConfig,
+    i: usize,
+    policy: &mut dyn LoggingPolicy,
+) -> Option<TelemetryRecord> {
     let mut rng = StdRng::seed_from_u64(splitmix64(cfg.seed ^ splitmix64(i as u64)));
     // Requests arrive in order, row i uniformly within the i-th slice of the period.
     let span_us = f64::from(cfg.days) * MICROS_PER_DAY;
@@ -147,20 +220,36 @@ fn simulate_row(world: &World, cfg: &SimulatorConfig, i: usize) -> Option<Teleme
         }
     }
     let job = job?;
-    // The logging policy: uniform among feasible candidates.
-    let chosen = feasible[rng.random_range(0..feasible.len())];
+    let ctx = DecisionContext::at(now);
+    let options: Vec<&Candidate> = feasible.iter().map(|&k| &world.candidates[k]).collect();
+    let (pick, probability) = policy.choose(&job.request, &ctx, &options, &mut rng);
+    let chosen = feasible[pick];
     let outcome = world.run(&job, chosen, now, &mut rng);
     let candidate = &world.candidates[chosen];
 
-    let mut rec = TelemetryRecord::for_choice(&job.request, candidate, &DecisionContext::at(now));
+    let mut rec = TelemetryRecord::for_choice(&job.request, candidate, &ctx);
     rec.decision_id = decision_id.to_string();
     rec.run_id = run_id.to_string();
     rec.source = SOURCE.to_owned();
     rec.n_candidates = world.candidates.len() as u32;
     rec.n_feasible = feasible.len() as u32;
-    rec.selection_probability = 1.0 / feasible.len() as f64;
+    rec.selection_probability = probability;
     rec.model_version = None;
-    rec.decision_scores = Vec::new();
+    // The set the policy chose from: every candidate, feasible or not, without predictions.
+    rec.decision_scores = world
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(k, c)| CandidateScore {
+            candidate_id: c.id.clone(),
+            feasible: feasible.contains(&k),
+            pred_latency_p50_ms: None,
+            pred_latency_p95_ms: None,
+            pred_cost_usd: None,
+            pred_failure_prob: None,
+            score: None,
+        })
+        .collect();
 
     let network_ms = outcome.net_pre_ms + outcome.net_post_ms;
     let total_ms = outcome.queue_ms + outcome.start_ms + outcome.exec_ms + network_ms;
