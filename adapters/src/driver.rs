@@ -220,12 +220,15 @@ pub(crate) trait Sandbox: Send + Sync + 'static {
         handle: &mut Self::Handle,
     ) -> impl Future<Output = Result<(), AdapterError>> + Send;
 
-    /// Places the job's files (and inline code) in the sandbox.
+    /// Places the job's files (and inline code) in the sandbox. The default uploads nothing:
+    /// for providers whose command carries the files (Kubernetes, Morph, Modal).
     fn upload(
         &self,
-        handle: &Self::Handle,
-        job: &JobSpec,
-    ) -> impl Future<Output = Result<(), AdapterError>> + Send;
+        _handle: &Self::Handle,
+        _job: &JobSpec,
+    ) -> impl Future<Output = Result<(), AdapterError>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// Runs the job, passing its output to `output` as it arrives.
     fn exec(
@@ -601,6 +604,23 @@ pub(crate) fn job_script_within(
         )));
     }
     Ok(script)
+}
+
+/// A `wait`-phase timeout once `started` is `limit` old: a sandbox that is still not ready.
+pub(crate) fn check_start_deadline(
+    provider: &str,
+    started: std::time::Instant,
+    limit: std::time::Duration,
+) -> Result<(), AdapterError> {
+    let waited = started.elapsed();
+    if waited >= limit {
+        return Err(AdapterError::Timeout {
+            provider: provider.into(),
+            phase: crate::error::Phase::Wait,
+            seconds: waited.as_secs_f64(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

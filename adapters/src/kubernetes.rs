@@ -576,20 +576,9 @@ impl Sandbox for Kubernetes {
                     message: format!("pod {} cannot start: {reason}", handle.name),
                 });
             }
-            if started.elapsed() >= self.config.start_timeout {
-                return Err(AdapterError::Timeout {
-                    provider: PROVIDER.into(),
-                    phase: Phase::Wait,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
+            driver::check_start_deadline(PROVIDER, started, self.config.start_timeout)?;
             tokio::time::sleep(self.config.poll_interval).await;
         }
-    }
-
-    async fn upload(&self, _handle: &Handle, _job: &JobSpec) -> Result<(), AdapterError> {
-        // Files are embedded in the container command.
-        Ok(())
     }
 
     async fn exec(
