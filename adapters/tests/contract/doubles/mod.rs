@@ -152,6 +152,23 @@ impl Drop for Server {
 
 /// Serves `router` on a loopback port from its own thread and runtime.
 pub(crate) fn serve(router: Router) -> Server {
+    serve_on_loopback(|listener, stop| async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
+            .expect("serve");
+    })
+}
+
+/// Binds a loopback port on a thread with its own runtime and runs the server `run` makes
+/// from the listener and the stop signal (sent when the [`Server`] is dropped).
+pub(crate) fn serve_on_loopback<F, Fut>(run: F) -> Server
+where
+    F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -166,12 +183,7 @@ pub(crate) fn serve(router: Router) -> Server {
                 .expect("bind loopback");
             let addr = listener.local_addr().expect("local addr");
             url_tx.send(format!("http://{addr}")).expect("send url");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stop.await;
-                })
-                .await
-                .expect("serve");
+            run(listener, stop).await;
         });
         runtime.shutdown_timeout(Duration::from_millis(100));
     });
