@@ -1,6 +1,6 @@
-//! The host side of the WIT contract (`wit/policy.wit`): the generated bindings, the
-//! conversion of a request and its candidates into the contract's column layout (into buffers
-//! reused across calls), and the validation of what a policy answers.
+//! The host side of the WIT contract (`wit/policy.wit`): the generated bindings, the packing
+//! of a request and its candidates into the contract's `input` bytes (into buffers reused
+//! across calls), and the validation of what a policy answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +15,19 @@ mod wit {
     });
 }
 
-pub(crate) use wit::{
-    Candidates as WitCandidates, Policy, PolicyPre, Request as WitRequest, Verdicts as WitVerdicts,
-};
+pub(crate) use wit::{Policy, PolicyPre, Verdicts as WitVerdicts};
 
 /// ABI version of the contract (the WIT package version).
-pub const ABI_VERSION: &str = "2.0.0";
+pub const ABI_VERSION: &str = "3.0.0";
+
+/// Bytes of `input` before the candidate columns (see `wit/policy.wit`).
+const HEADER_BYTES: usize = 72;
+/// Bytes per candidate of the columns that change with the predictions (cost, p50, p95,
+/// failure)…
+const DYNAMIC_COLUMN_BYTES: usize = 8 + 3 * 4;
+/// …and of those that depend on the candidate alone (RTT, provider, region, area, kind,
+/// backend, isolation).
+const STATIC_COLUMN_BYTES: usize = 4 + 3 * 2 + 3;
 
 /// Factors are clamped into this range so that no policy can make a candidate free or
 /// infinitely expensive.
@@ -29,7 +36,7 @@ pub const FACTOR_RANGE: (f64, f64) = (0.1, 10.0);
 const MAX_REASONS: usize = 256;
 /// …each at most this long (longer ones are cut at a character boundary).
 const MAX_REASON_BYTES: usize = 512;
-/// The interned string table is rebuilt when it grows past this (it holds catalog names).
+/// The interned catalog names are rebuilt when they grow past this many.
 const MAX_NAMES: usize = 4096;
 
 /// One candidate as a policy sees it: the catalog entry and its predictions.
@@ -44,43 +51,53 @@ pub struct PolicyCandidate<'a> {
     pub failure_prob: f64,
 }
 
-/// The validated answer of one policy for one request.
+/// The validated answer of one policy for one request: the policy's own columns, checked
+/// against the contract (one entry per candidate, `reject` 0 or 1, no NaN factor, reason
+/// indices in range) and read through accessors that clamp factors.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdicts {
-    /// Distinct reasons; the per-candidate entries index into it.
+    /// Distinct reasons; `reason` entries index into it (from 1).
     reasons: Vec<String>,
-    /// Per candidate: `Some(reason)` when rejected.
-    rejected: Vec<Option<u16>>,
-    /// Per candidate: the clamped factor and its reason, `None` when it is 1 (or rejected).
-    adjusted: Vec<Option<(f64, u16)>>,
+    reject: Vec<u8>,
+    factor: Vec<f32>,
+    reason: Vec<u16>,
 }
 
 impl Verdicts {
     /// Number of candidates judged.
     pub fn len(&self) -> usize {
-        self.rejected.len()
+        self.reject.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rejected.is_empty()
+        self.reject.is_empty()
     }
 
     /// Why candidate `i` was rejected, if it was.
     pub fn rejection(&self, i: usize) -> Option<&str> {
-        self.rejected[i].map(|r| self.reason(r))
+        (self.reject[i] == 1).then(|| self.reason(self.reason[i]))
     }
 
-    /// Candidate `i`'s factor and why, unless it is 1.
+    /// Candidate `i`'s factor (clamped to [`FACTOR_RANGE`]) and why, unless it is 1 or the
+    /// candidate is rejected.
     pub fn adjustment(&self, i: usize) -> Option<(f64, &str)> {
-        self.adjusted[i].map(|(f, r)| (f, self.reason(r)))
+        let factor = f64::from(self.factor[i]);
+        (self.reject[i] == 0 && factor != 1.0).then(|| {
+            (
+                factor.clamp(FACTOR_RANGE.0, FACTOR_RANGE.1),
+                self.reason(self.reason[i]),
+            )
+        })
     }
 
     pub fn n_rejected(&self) -> usize {
-        self.rejected.iter().filter(|r| r.is_some()).count()
+        self.reject.iter().filter(|r| **r == 1).count()
     }
 
     pub fn n_adjusted(&self) -> usize {
-        self.adjusted.iter().filter(|a| a.is_some()).count()
+        (0..self.len())
+            .filter(|&i| self.reject[i] == 0 && self.factor[i] != 1.0)
+            .count()
     }
 
     fn reason(&self, r: u16) -> &str {
@@ -94,56 +111,26 @@ impl Verdicts {
     }
 }
 
-/// Argument buffers of the contract, reused from call to call by one worker.
-#[derive(Debug)]
+/// The packed `input` argument of the contract, reused from call to call by one worker.
+#[derive(Debug, Default)]
 pub(crate) struct InputBuffers {
-    pub(crate) request: WitRequest,
-    pub(crate) candidates: WitCandidates,
+    /// The bytes handed to the policy.
+    pub(crate) bytes: Vec<u8>,
+    /// Interned catalog names (providers, regions, areas) and their indices, and the string
+    /// table as the contract lays it out (the request's strings are appended per call).
     interned: HashMap<String, u16>,
-    /// The candidates the static columns were last filled from (kept alive, so a pointer
-    /// match means the very same candidate).
+    names: String,
+    names_end: Vec<u32>,
+    /// The candidates whose static columns `bytes` holds (kept alive, so a pointer match means the
+    /// very same candidate: the usual case from one request to the next).
     last: Vec<Arc<Candidate>>,
-}
-
-impl Default for InputBuffers {
-    fn default() -> Self {
-        Self {
-            request: WitRequest {
-                tenant: String::new(),
-                now_unix_ms: 0,
-                seed: 0,
-                strategy: String::new(),
-                language: String::new(),
-                cpu: 0.0,
-                memory_mib: 0,
-                gpu_count: 0,
-                timeout_s: 0.0,
-                allow_network: false,
-                labels: Vec::new(),
-            },
-            candidates: WitCandidates {
-                names: String::new(),
-                names_end: Vec::new(),
-                provider: Vec::new(),
-                region: Vec::new(),
-                area: Vec::new(),
-                kind: Vec::new(),
-                backend: Vec::new(),
-                isolation: Vec::new(),
-                rtt_ms: Vec::new(),
-                cost_usd: Vec::new(),
-                latency_p50_ms: Vec::new(),
-                latency_p95_ms: Vec::new(),
-                failure_prob: Vec::new(),
-            },
-            interned: HashMap::new(),
-            last: Vec::new(),
-        }
-    }
+    labels: Vec<(u16, u16)>,
 }
 
 impl InputBuffers {
-    /// Fills the buffers with `request` and `candidates`.
+    /// Packs `request` and `candidates` into `bytes`. The buffer keeps its length from call
+    /// to call, so only what changed is written: the columns that depend on the candidates
+    /// alone are rewritten only when the candidates change.
     pub(crate) fn fill(
         &mut self,
         request: &RunRequest,
@@ -151,130 +138,192 @@ impl InputBuffers {
         seed: u64,
         candidates: &[PolicyCandidate<'_>],
     ) {
-        let r = &mut self.request;
-        r.tenant.clear();
-        r.tenant.push_str(&request.tenant);
-        r.now_unix_ms = i64::try_from(ctx.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        r.seed = seed;
-        r.strategy.clear();
-        r.strategy.push_str(request.strategy.as_str());
-        r.language.clear();
-        r.language.push_str(request.language.as_str());
-        r.cpu = request.resources.cpu;
-        r.memory_mib = request.resources.memory_mib;
-        r.gpu_count = request.resources.gpu_count();
-        r.timeout_s = request.timeout_s;
-        r.allow_network = request.allow_network;
-        // BTreeMap iteration is sorted by key, as the contract promises.
-        if r.labels.len() != request.labels.len()
-            || r.labels
-                .iter()
-                .zip(&request.labels)
-                .any(|((k, v), (k2, v2))| k != k2 || v != v2)
-        {
-            r.labels.clear();
-            r.labels
-                .extend(request.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if self.interned.len() > MAX_NAMES {
+            self.interned.clear();
+            self.names.clear();
+            self.names_end.clear();
+            self.last.clear();
         }
-
-        let same = self.last.len() == candidates.len()
+        let n = candidates.len();
+        let statics_at = HEADER_BYTES + DYNAMIC_COLUMN_BYTES * n;
+        let labels_at = (statics_at + STATIC_COLUMN_BYTES * n).next_multiple_of(4);
+        let same = self.last.len() == n
             && self
                 .last
                 .iter()
                 .zip(candidates)
                 .all(|(a, b)| Arc::ptr_eq(a, b.candidate));
         if !same {
-            self.fill_static(candidates);
+            self.fill_static(candidates, statics_at, labels_at);
         }
-        let c = &mut self.candidates;
-        c.cost_usd.clear();
-        c.latency_p50_ms.clear();
-        c.latency_p95_ms.clear();
-        c.failure_prob.clear();
-        for pc in candidates {
-            c.cost_usd.push(pc.cost_usd);
-            c.latency_p50_ms.push(pc.latency_p50_ms as f32);
-            c.latency_p95_ms.push(pc.latency_p95_ms as f32);
-            c.failure_prob.push(pc.failure_prob as f32);
+        // The request's strings go after the catalog names for this call only, so that
+        // tenants and labels never accumulate in the table.
+        let (names_len, names_count) = (self.names.len(), self.names_end.len());
+        let tenant = self.push_name(&request.tenant);
+        let strategy = self.push_name(request.strategy.as_str());
+        let language = self.push_name(request.language.as_str());
+        // BTreeMap iteration is sorted by key, as the contract promises.
+        self.labels.clear();
+        for (k, v) in &request.labels {
+            let pair = (self.push_name(k), self.push_name(v));
+            self.labels.push(pair);
         }
+        let total = labels_at + 4 * self.labels.len() + 4 * self.names_end.len() + self.names.len();
+        self.bytes.resize(total, 0);
+
+        let mut w = Cursor::new(&mut self.bytes[..statics_at]);
+        for n in [n, self.labels.len(), self.names_end.len(), self.names.len()] {
+            w.put(count(n).to_le_bytes());
+        }
+        let now_ms = i64::try_from(ctx.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        w.put(now_ms.to_le_bytes());
+        w.put(seed.to_le_bytes());
+        w.put(request.resources.cpu.to_le_bytes());
+        w.put(request.timeout_s.to_le_bytes());
+        w.put(request.resources.memory_mib.to_le_bytes());
+        w.put(request.resources.gpu_count().to_le_bytes());
+        for s in [tenant, strategy, language] {
+            w.put(s.to_le_bytes());
+        }
+        w.put([u8::from(request.allow_network), 0, 0, 0, 0, 0]);
+        w.column(candidates.iter().map(|c| c.cost_usd.to_le_bytes()));
+        w.column(
+            candidates
+                .iter()
+                .map(|c| (c.latency_p50_ms as f32).to_le_bytes()),
+        );
+        w.column(
+            candidates
+                .iter()
+                .map(|c| (c.latency_p95_ms as f32).to_le_bytes()),
+        );
+        w.column(
+            candidates
+                .iter()
+                .map(|c| (c.failure_prob as f32).to_le_bytes()),
+        );
+
+        let mut w = Cursor::new(&mut self.bytes[labels_at..]);
+        w.column(self.labels.iter().map(|(k, v)| {
+            let [k0, k1] = k.to_le_bytes();
+            let [v0, v1] = v.to_le_bytes();
+            [k0, k1, v0, v1]
+        }));
+        w.column(self.names_end.iter().map(|e| e.to_le_bytes()));
+        w.rest().copy_from_slice(self.names.as_bytes());
+        self.names.truncate(names_len);
+        self.names_end.truncate(names_count);
     }
 
-    /// The columns that depend only on the candidates, not on the predictions.
-    fn fill_static(&mut self, candidates: &[PolicyCandidate<'_>]) {
-        if self.interned.len() > MAX_NAMES {
-            self.interned.clear();
-            self.candidates.names.clear();
-            self.candidates.names_end.clear();
-        }
-        let c = &mut self.candidates;
-        c.provider.clear();
-        c.region.clear();
-        c.area.clear();
-        c.kind.clear();
-        c.backend.clear();
-        c.isolation.clear();
-        c.rtt_ms.clear();
+    /// Writes the columns that depend only on the candidates, not on the predictions, at
+    /// `at`, and zeroes the padding up to `end`.
+    fn fill_static(&mut self, candidates: &[PolicyCandidate<'_>], at: usize, end: usize) {
         self.last.clear();
-        for pc in candidates {
-            let cand = &**pc.candidate;
-            self.last.push(Arc::clone(pc.candidate));
-            let provider = intern(
-                &mut self.interned,
-                &mut c.names,
-                &mut c.names_end,
-                &cand.provider,
+        self.last
+            .extend(candidates.iter().map(|c| Arc::clone(c.candidate)));
+        let mut ids = Vec::with_capacity(candidates.len() * 3);
+        for c in candidates {
+            let c = &**c.candidate;
+            for name in [&c.provider, &c.region, &c.area] {
+                ids.push(self.intern(name));
+            }
+        }
+        self.bytes.resize(end, 0);
+        let mut w = Cursor::new(&mut self.bytes[at..end]);
+        w.column(
+            candidates
+                .iter()
+                .map(|c| (c.candidate.rtt_ms as f32).to_le_bytes()),
+        );
+        for column in 0..3 {
+            w.column(
+                ids.iter()
+                    .skip(column)
+                    .step_by(3)
+                    .map(|id| id.to_le_bytes()),
             );
-            let region = intern(
-                &mut self.interned,
-                &mut c.names,
-                &mut c.names_end,
-                &cand.region,
-            );
-            let area = intern(
-                &mut self.interned,
-                &mut c.names,
-                &mut c.names_end,
-                &cand.area,
-            );
-            c.provider.push(provider);
-            c.region.push(region);
-            c.area.push(area);
-            // The codes of the contract (policy.wit).
-            c.kind.push(match cand.provider_kind {
+        }
+        // The codes of the contract (policy.wit).
+        w.column(candidates.iter().map(|c| {
+            [match c.candidate.provider_kind {
                 ProviderKind::Local => 0,
                 ProviderKind::Remote => 1,
                 ProviderKind::Kubernetes => 2,
                 ProviderKind::Edge => 3,
-            });
-            c.backend.push(match cand.backend {
+            }]
+        }));
+        w.column(candidates.iter().map(|c| {
+            [match c.candidate.backend {
                 IsolationBackend::Process => 0,
                 IsolationBackend::Bubblewrap => 1,
                 IsolationBackend::Gvisor => 2,
                 IsolationBackend::RootlessOci => 3,
                 IsolationBackend::Microvm => 4,
-            });
-            c.isolation.push(cand.isolation_level().strength());
-            c.rtt_ms.push(cand.rtt_ms as f32);
+            }]
+        }));
+        w.column(
+            candidates
+                .iter()
+                .map(|c| [c.candidate.isolation_level().strength()]),
+        );
+        w.rest().fill(0);
+    }
+
+    /// The index of catalog name `s`, added to the table if it is new.
+    fn intern(&mut self, s: &str) -> u16 {
+        if let Some(&i) = self.interned.get(s) {
+            return i;
         }
+        let i = self.push_name(s);
+        self.interned.insert(s.to_owned(), i);
+        i
+    }
+
+    /// Appends `s` to the string table and returns its index. MAX_NAMES keeps the table far
+    /// below u16::MAX (three names per candidate at most, plus one request's strings), and
+    /// catalog names keep it far below u32::MAX bytes.
+    fn push_name(&mut self, s: &str) -> u16 {
+        let i = u16::try_from(self.names_end.len()).unwrap_or(u16::MAX);
+        self.names.push_str(s);
+        self.names_end.push(count(self.names.len()));
+        i
     }
 }
 
-fn intern(
-    map: &mut HashMap<String, u16>,
-    names: &mut String,
-    names_end: &mut Vec<u32>,
-    s: &str,
-) -> u16 {
-    if let Some(&i) = map.get(s) {
-        return i;
+/// A count or offset as the contract's `u32` (the host never builds inputs near 4 GiB).
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Writes fixed-size little-endian values one after the other into a slice sized for them.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, at: 0 }
     }
-    // MAX_NAMES keeps the table far below u16::MAX (three names per candidate at most), and
-    // catalog names keep it far below u32::MAX bytes.
-    let i = u16::try_from(names_end.len()).unwrap_or(u16::MAX);
-    names.push_str(s);
-    names_end.push(u32::try_from(names.len()).unwrap_or(u32::MAX));
-    map.insert(s.to_owned(), i);
-    i
+
+    fn put<const W: usize>(&mut self, value: [u8; W]) {
+        self.buf[self.at..self.at + W].copy_from_slice(&value);
+        self.at += W;
+    }
+
+    /// One value per item, in one pass.
+    fn column<const W: usize>(&mut self, items: impl ExactSizeIterator<Item = [u8; W]>) {
+        let end = self.at + W * items.len();
+        for (chunk, item) in self.buf[self.at..end].chunks_exact_mut(W).zip(items) {
+            chunk.copy_from_slice(&item);
+        }
+        self.at = end;
+    }
+
+    /// The rest of the slice.
+    fn rest(self) -> &'a mut [u8] {
+        &mut self.buf[self.at..]
+    }
 }
 
 /// Checks a policy's raw answer against the contract for `n` candidates.
@@ -292,44 +341,43 @@ pub(crate) fn validate(raw: WitVerdicts, n: usize) -> Result<Verdicts, String> {
             raw.reasons.len()
         ));
     }
+    // One pass per column that the compiler can vectorize; the position only on failure.
+    if raw.reject.iter().fold(0, |acc, r| acc | (r & !1)) != 0 {
+        let i = raw.reject.iter().position(|r| *r > 1).unwrap_or_default();
+        return Err(format!(
+            "candidate {i}: reject is {}, expected 0 (keep) or 1 (reject)",
+            raw.reject[i]
+        ));
+    }
+    if raw.factor.iter().fold(false, |acc, f| acc | f.is_nan()) {
+        let i = raw
+            .factor
+            .iter()
+            .position(|f| f.is_nan())
+            .unwrap_or_default();
+        return Err(format!("candidate {i}: factor is NaN"));
+    }
+    let max_reason = raw.reason.iter().fold(0, |acc, r| acc.max(*r));
+    if usize::from(max_reason) > raw.reasons.len() {
+        let i = raw
+            .reason
+            .iter()
+            .position(|r| *r == max_reason)
+            .unwrap_or_default();
+        return Err(format!(
+            "candidate {i}: reason index {max_reason} is past the end of its {} reasons",
+            raw.reasons.len()
+        ));
+    }
     let mut reasons = raw.reasons;
     for r in &mut reasons {
         cut_reason(r);
     }
-    let mut rejected = Vec::with_capacity(n);
-    let mut adjusted = Vec::with_capacity(n);
-    for i in 0..n {
-        let reason = raw.reason[i];
-        if usize::from(reason) > reasons.len() {
-            return Err(format!(
-                "candidate {i}: reason index {reason} is past the end of its {} reasons",
-                reasons.len()
-            ));
-        }
-        let factor = f64::from(raw.factor[i]);
-        if factor.is_nan() {
-            return Err(format!("candidate {i}: factor is NaN"));
-        }
-        let reject = match raw.reject[i] {
-            0 => false,
-            1 => true,
-            other => {
-                return Err(format!(
-                    "candidate {i}: reject is {other}, expected 0 (keep) or 1 (reject)"
-                ));
-            }
-        };
-        rejected.push(reject.then_some(reason));
-        adjusted.push(if factor == 1.0 || reject {
-            None
-        } else {
-            Some((factor.clamp(FACTOR_RANGE.0, FACTOR_RANGE.1), reason))
-        });
-    }
     Ok(Verdicts {
         reasons,
-        rejected,
-        adjusted,
+        reject: raw.reject,
+        factor: raw.factor,
+        reason: raw.reason,
     })
 }
 

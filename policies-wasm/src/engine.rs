@@ -110,6 +110,11 @@ impl PolicyEngine {
             .epoch_interruption(true)
             .consume_fuel(limits.fuel.is_some())
             .wasm_component_model(true);
+        // For policy authors and us profiling guest code with `perf`: name the compiled
+        // functions in /tmp/perf-PID.map (docs/policies.md).
+        if std::env::var_os("SANDSTORM_POLICY_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)
             .map_err(|e| PoliciesError::Internal(format!("configuring wasmtime: {e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));

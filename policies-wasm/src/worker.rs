@@ -216,11 +216,9 @@ impl PolicyWorker {
                 .set_fuel(fuel)
                 .map_err(|e| classify(&warm.store, &e, FailureKind::Trap))?;
         }
-        let answer = warm.policy.call_filter_score(
-            &mut warm.store,
-            &self.buffers.request,
-            &self.buffers.candidates,
-        );
+        let answer = warm
+            .policy
+            .call_filter_score(&mut warm.store, &self.buffers.bytes);
         match answer {
             Ok(Ok(raw)) => validate(raw, n).map_err(|message| PolicyFailure {
                 kind: FailureKind::InvalidOutput,

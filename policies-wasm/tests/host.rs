@@ -154,6 +154,93 @@ fn cost_cap_and_edge_preference_adjust_scores() {
     }
 }
 
+/// The `echo` fixture prints every field it reads through the SDK: what the host packs into
+/// the contract's `input` bytes must be what a policy sees, field by field and candidate by
+/// candidate (distinct values per candidate catch swapped columns and offsets).
+#[test]
+fn a_policy_reads_every_field_the_host_packs() {
+    use sandstorm_features::{IsolationBackend, ProviderKind};
+
+    let store = store_with(
+        PolicyLimits::default(),
+        &[("echo", "1.0.0", PolicyKind::Scorer)],
+    );
+    let mut req = request("acme", &[("trust", "untrusted"), ("team", "ml")]);
+    req.strategy = sandstorm_features::StrategyKind::OptimizeLatency;
+    req.resources.cpu = 2.5;
+    req.resources.memory_mib = 1536;
+    req.resources.gpu = Some(sandstorm_features::GpuRequest {
+        count: 2,
+        kinds: Vec::new(),
+    });
+    req.timeout_s = 42.5;
+    req.allow_network = true;
+    let ctx = DecisionContext::at(time::macros::datetime!(2026-12-06 01:02:03.456 UTC));
+    let with_predictions = |picked: Vec<&'static Arc<Candidate>>| -> Vec<PolicyCandidate<'static>> {
+        picked
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| PolicyCandidate {
+                candidate: c,
+                cost_usd: 0.0001 * (i as f64 + 1.0),
+                latency_p50_ms: 100.0 + i as f64,
+                latency_p95_ms: 300.0 + 2.0 * i as f64,
+                failure_prob: 0.01 * (i % 7) as f64,
+            })
+            .collect()
+    };
+    let all = with_predictions(candidates().iter().take(200).collect());
+    // Another set, of another size: the host repacks the candidates' own columns.
+    let fewer = with_predictions(candidates().iter().rev().step_by(3).take(37).collect());
+    let mut worker = store.worker();
+    // The second call reuses the packed candidate columns of the first.
+    for (seed, cands) in [(7, &all), (8, &all), (9, &fewer), (10, &all)] {
+        let out = worker.evaluate(&req, &ctx, seed, cands).remove(0);
+        let v = out.result.unwrap();
+        assert_eq!(v.len(), cands.len());
+        let now_ms = ctx.now.unix_timestamp_nanos() / 1_000_000;
+        let head = format!(
+            "tenant=acme now={now_ms} seed={seed} strategy=optimize_latency language=python \
+             cpu=2.5 memory=1536 gpu=2 timeout=42.5 network=true team=ml trust=untrusted \
+             label(trust)=Some(\"untrusted\")"
+        );
+        for (i, pc) in cands.iter().enumerate() {
+            let c = &**pc.candidate;
+            let backend = match c.backend {
+                IsolationBackend::Process => "Process",
+                IsolationBackend::Bubblewrap => "Bubblewrap",
+                IsolationBackend::Gvisor => "Gvisor",
+                IsolationBackend::RootlessOci => "RootlessOci",
+                IsolationBackend::Microvm => "Microvm",
+            };
+            let kind = match c.provider_kind {
+                ProviderKind::Local => "Local",
+                ProviderKind::Remote => "Remote",
+                ProviderKind::Kubernetes => "Kubernetes",
+                ProviderKind::Edge => "Edge",
+            };
+            let isolation = ["Process", "Process", "Namespace", "Gvisor", "Microvm"]
+                [usize::from(c.isolation_level().strength()).min(4)];
+            let expected = format!(
+                "{head} | {}/{backend}/{} area={} kind={kind} isolation={isolation} rtt={} cost={} p50={} p95={} failure={}",
+                c.provider,
+                c.region,
+                c.area,
+                c.rtt_ms as f32,
+                pc.cost_usd,
+                pc.latency_p50_ms as f32,
+                pc.latency_p95_ms as f32,
+                pc.failure_prob as f32,
+            );
+            assert_eq!(
+                v.adjustment(i),
+                Some((2.0, expected.as_str())),
+                "candidate {i}"
+            );
+        }
+    }
+}
+
 #[test]
 fn an_infinite_loop_is_interrupted_and_the_next_call_works() {
     // Wall-clock mode, as in serving.

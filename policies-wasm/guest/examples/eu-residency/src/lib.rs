@@ -18,8 +18,9 @@ impl Policy for EuResidency {
         if !is_eu_tenant(req) {
             return Ok(());
         }
+        let why = out.reason("EU tenant: data must stay in EU regions");
         for c in cands.iter().filter(|c| c.area() != "eu") {
-            out.reject(c.index(), "EU tenant: data must stay in EU regions");
+            out.reject(c.index(), why);
         }
         Ok(())
     }
