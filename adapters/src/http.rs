@@ -34,6 +34,22 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// A `reqwest` client builder with Sandstorm's TLS set-up: rustls with the ring provider and
+/// the Mozilla roots of `webpki-roots` (nothing depends on the host's OpenSSL or certificate
+/// store). For the provider adapters and for the CLI's requests to a Sandstorm service.
+pub fn client_builder() -> Result<reqwest::ClientBuilder, AdapterError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AdapterError::Internal(format!("tls configuration: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
+}
+
 impl Api {
     /// A client for `provider`. Requests outside [`Phase::Exec`] time out after
     /// `request_timeout`; `secrets` are redacted from every message.
@@ -43,17 +59,7 @@ impl Api {
         request_timeout: Duration,
         secrets: Vec<String>,
     ) -> Result<Self, AdapterError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AdapterError::Internal(format!("tls configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
+        let client = client_builder()?
             .connect_timeout(connect_timeout)
             .user_agent(concat!("sandstorm-adapters/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -50,6 +50,7 @@ pub use daytona::{DaytonaConfig, DaytonaProvider};
 pub use e2b::{E2bConfig, E2bProvider};
 pub use edge::{EdgeProvider, edge_token_var};
 pub use error::{AdapterError, Phase};
+pub use http::client_builder as http_client_builder;
 pub use kubernetes::{KubernetesConfig, KubernetesProvider};
 pub use modal::{ModalConfig, ModalProvider};
 pub use morph::{MorphConfig, MorphProvider};

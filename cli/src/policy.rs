@@ -15,7 +15,7 @@ use sandstorm_features::{
 };
 use sandstorm_policies_wasm::{
     Manifest, PolicyCandidate, PolicyEngine, PolicyKey, PolicyKind, PolicyLimits, PolicyOutcome,
-    PolicyStore, Registry, TrustedKeys, author,
+    PolicyStore, Registry, SignedFiles, TrustedKeys, author,
 };
 use sandstorm_router::{ModelSet, Router, RouterError, Scratch};
 use serde::Deserialize;
@@ -112,9 +112,27 @@ pub(crate) struct PublishArgs {
     /// The author's signing key (from `sandstorm policy keygen`).
     #[arg(long, env = "SANDSTORM_POLICY_KEY")]
     key: PathBuf,
-    /// Registry directory.
-    #[arg(long, env = "SANDSTORM_POLICIES")]
-    registry: PathBuf,
+    /// Registry directory to publish into.
+    #[arg(
+        long,
+        env = "SANDSTORM_POLICIES",
+        required_unless_present = "service",
+        conflicts_with = "service"
+    )]
+    registry: Option<PathBuf>,
+    /// Or a running service to upload to (`POST /v1/policies`), e.g. `http://127.0.0.1:8080`:
+    /// it verifies the signature against its trusted keys, stores the version in its registry
+    /// and starts using it.
+    #[arg(long, env = "SANDSTORM_URL")]
+    service: Option<String>,
+    /// API key with the `admin` scope, for `--service`.
+    #[arg(
+        long,
+        env = "SANDSTORM_API_KEY",
+        hide_env_values = true,
+        requires = "service"
+    )]
+    api_key: Option<String>,
     /// Policy name (default: DIR/policy.toml's `name`).
     #[arg(long)]
     name: Option<String>,
@@ -681,7 +699,26 @@ fn publish(args: &PublishArgs) -> Result<ExitCode> {
         &module,
         manifest.clone(),
     )?;
-    let dir = Registry::open(&args.registry).publish(&manifest, &module, &key)?;
+    if let Some(service) = &args.service {
+        let signed = SignedFiles::sign(&manifest, &module, &key)?;
+        let api_key = args.api_key.as_deref().context(
+            "--service needs --api-key (or SANDSTORM_API_KEY): a key with the admin scope",
+        )?;
+        let installed = upload(service, api_key, &signed, &module)?;
+        println!(
+            "published {} ({} bytes, sha256 {}) to {service}, signed by {}: {installed}",
+            manifest.id(),
+            module.len(),
+            manifest.sha256,
+            key.public_hex()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let registry = args
+        .registry
+        .as_ref()
+        .context("pass --registry DIR or --service URL")?;
+    let dir = Registry::open(registry).publish(&manifest, &module, &key)?;
     println!(
         "published {} ({} bytes, sha256 {}) to {}, signed by {}",
         manifest.id(),
@@ -691,6 +728,55 @@ fn publish(args: &PublishArgs) -> Result<ExitCode> {
         key.public_hex()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Uploads a signed version to a service's `POST /v1/policies`; returns what the service says
+/// it installed, or its error message.
+fn upload(service: &str, api_key: &str, signed: &SignedFiles, module: &[u8]) -> Result<String> {
+    use base64::Engine as _;
+
+    let url = format!("{}/v1/policies", service.trim_end_matches('/'));
+    let body = serde_json::json!({
+        "manifest": String::from_utf8_lossy(&signed.manifest),
+        "signature": String::from_utf8_lossy(&signed.signature),
+        "module_base64": base64::engine::general_purpose::STANDARD.encode(module),
+    });
+    let client = sandstorm_adapters::http_client_builder()?
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP client's runtime")?;
+    let (status, text) = runtime.block_on(async {
+        let response = client
+            .post(&url)
+            .bearer_auth(api_key)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("--service: cannot reach {url}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        anyhow::Ok((status, text))
+    })?;
+    let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    if !status.is_success() {
+        let message = json
+            .as_ref()
+            .and_then(|v| v.pointer("/error/message"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(text.trim());
+        bail!("{url} refused the policy ({status}): {message}");
+    }
+    let installed = json.as_ref().and_then(|v| {
+        Some(format!(
+            "active version {}",
+            v.get("active_version")?.as_str()?
+        ))
+    });
+    Ok(installed.unwrap_or_else(|| "accepted".to_owned()))
 }
 
 fn list(registry: &Path, trusted_keys: Option<&Path>, json: bool) -> Result<ExitCode> {

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{bin, models, repo, route_with_models, telemetry, text};
+use common::{Service, bin, models, repo, route_with_models, telemetry, text};
 use serde_json::Value;
 
 /// Runs the binary with guest builds going to one shared target directory, so each test
@@ -236,6 +236,82 @@ fn published_policies_change_routing_and_tampered_ones_are_refused() {
     );
     let decision: Value = serde_json::from_str(&out).unwrap();
     assert!(decision.get("policies").is_none());
+}
+
+/// `policy publish --service` uploads a signed version to a running service, which verifies it
+/// against its trusted keys and starts using it; refusals come back with the service's reason.
+#[test]
+fn publish_uploads_to_a_running_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("author.key");
+    ok(&run(&["policy", "keygen", "--out", s(&key)]));
+    let other = tmp.path().join("other.key");
+    ok(&run(&["policy", "keygen", "--out", s(&other)]));
+    let admin = "admin-key-1";
+    let user = "user-key-1";
+    let config = tmp.path().join("service.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmodels_dir = {:?}\n\n[policies]\nregistry = \"registry\"\ntrusted_keys = {:?}\n\n\
+             [[api_keys]]\nsha256 = \"{}\"\ntenant = \"ops\"\nscopes = [\"admin\"]\n\n\
+             [[api_keys]]\nsha256 = \"{}\"\ntenant = \"acme\"\n",
+            models(),
+            tmp.path().join("author.pub"),
+            sandstorm_service::hash_api_key(admin),
+            sandstorm_service::hash_api_key(user),
+        ),
+    )
+    .unwrap();
+    let service = Service::start(&config);
+    let url = format!("http://{}", service.addr);
+    let upload = |key: &Path, api_key: &str| {
+        run(&[
+            "policy",
+            "publish",
+            s(&example("eu-residency")),
+            "--key",
+            s(key),
+            "--service",
+            &url,
+            "--api-key",
+            api_key,
+        ])
+    };
+
+    let out = ok(&upload(&key, admin));
+    assert!(
+        out.contains("published eu-residency@1.0.0") && out.contains("active version 1.0.0"),
+        "{out}"
+    );
+    assert!(
+        tmp.path()
+            .join("registry/eu-residency/1.0.0/policy.wasm")
+            .exists(),
+        "the service stores the version in its registry"
+    );
+    let refused = |o: Output, expected: &str| {
+        assert!(!o.status.success());
+        let err = text(&o).1;
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    };
+    refused(upload(&key, admin), "409");
+    refused(upload(&key, user), "403");
+    refused(upload(&other, admin), "not among the trusted keys");
+    refused(
+        run(&[
+            "policy",
+            "publish",
+            s(&example("eu-residency")),
+            "--key",
+            s(&key),
+            "--service",
+            &url,
+        ]),
+        "--api-key",
+    );
+    drop(service);
+    refused(upload(&key, admin), "cannot reach");
 }
 
 #[test]

@@ -29,8 +29,8 @@ pub use contract::{ABI_VERSION, FACTOR_RANGE, PolicyCandidate, Verdicts};
 pub use engine::{CompiledPolicy, PolicyEngine, PolicyLimits};
 pub use error::PoliciesError;
 pub use registry::{
-    FailureMode, Manifest, PolicyKey, PolicyKind, Registry, RegistryEntry, TrustedKeys,
-    VerifiedPolicy, check_name, parse_version, sha256_hex, verify_bytes, verify_dir,
+    FailureMode, Manifest, PolicyKey, PolicyKind, Registry, RegistryEntry, SignedFiles,
+    TrustedKeys, VerifiedPolicy, check_name, parse_version, sha256_hex, verify_bytes, verify_dir,
 };
 pub use store::{CRASH_LOOP_THRESHOLD, PolicyStore, PolicySummary, RegistryWatch, SyncReport};
 pub use worker::{FailureKind, HostState, PolicyFailure, PolicyOutcome, PolicyWorker};

@@ -296,6 +296,46 @@ pub struct VerifiedPolicy {
     signature_bytes: Vec<u8>,
 }
 
+/// The two signed files of a version, as a registry stores them (`manifest.json`,
+/// `signature.json`) and `POST /v1/policies` takes them.
+#[derive(Debug, Clone)]
+pub struct SignedFiles {
+    /// The manifest's JSON: the exact bytes that are signed.
+    pub manifest: Vec<u8>,
+    /// The signer's public key and its ed25519 signature of `manifest`, as JSON.
+    pub signature: Vec<u8>,
+}
+
+impl SignedFiles {
+    /// Signs `manifest` (which must describe `module`) with `key`.
+    pub fn sign(
+        manifest: &Manifest,
+        module: &[u8],
+        key: &PolicyKey,
+    ) -> Result<Self, PoliciesError> {
+        check_name(&manifest.name)?;
+        parse_version(&manifest.version)?;
+        if manifest.sha256 != sha256_hex(module) {
+            return Err(PoliciesError::Invalid(format!(
+                "manifest of {} does not describe this module (sha256 differs)",
+                manifest.id()
+            )));
+        }
+        let manifest_bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| PoliciesError::Internal(format!("serializing a manifest: {e}")))?;
+        let signature = SignatureFile {
+            key: key.public_hex(),
+            signature: hex::encode(key.key.sign(&manifest_bytes).to_bytes()),
+        };
+        let signature = serde_json::to_vec_pretty(&signature)
+            .map_err(|e| PoliciesError::Internal(format!("serializing a signature: {e}")))?;
+        Ok(Self {
+            manifest: manifest_bytes,
+            signature,
+        })
+    }
+}
+
 /// A directory of signed policy versions.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -319,23 +359,8 @@ impl Registry {
         module: &[u8],
         key: &PolicyKey,
     ) -> Result<PathBuf, PoliciesError> {
-        check_name(&manifest.name)?;
-        parse_version(&manifest.version)?;
-        if manifest.sha256 != sha256_hex(module) {
-            return Err(PoliciesError::Invalid(format!(
-                "manifest of {} does not describe this module (sha256 differs)",
-                manifest.id()
-            )));
-        }
-        let manifest_bytes = serde_json::to_vec_pretty(manifest)
-            .map_err(|e| PoliciesError::Internal(format!("serializing a manifest: {e}")))?;
-        let signature = SignatureFile {
-            key: key.public_hex(),
-            signature: hex::encode(key.key.sign(&manifest_bytes).to_bytes()),
-        };
-        let signature_bytes = serde_json::to_vec_pretty(&signature)
-            .map_err(|e| PoliciesError::Internal(format!("serializing a signature: {e}")))?;
-        self.write_version(manifest, module, &manifest_bytes, &signature_bytes)
+        let signed = SignedFiles::sign(manifest, module, key)?;
+        self.write_version(manifest, module, &signed.manifest, &signed.signature)
     }
 
     /// Stores a version that was signed elsewhere and verified with [`verify_bytes`] (what

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandstorm"));
@@ -16,6 +18,8 @@ pub(crate) fn bin() -> Command {
         .env_remove("SANDSTORM_TRUSTED_KEYS")
         .env_remove("SANDSTORM_BREAKER_STATE")
         .env_remove("SANDSTORM_EDGE_TOKEN")
+        .env_remove("SANDSTORM_URL")
+        .env_remove("SANDSTORM_API_KEY")
         // Breaker state of this test binary only, never the user's.
         .env("XDG_STATE_HOME", state_home());
     for provider_key in [
@@ -104,4 +108,51 @@ fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
 
 pub(crate) fn python() -> String {
     std::env::var("SANDSTORM_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// `sandstorm serve --config CONFIG` running on the address it printed; killed on drop.
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    /// `host:port`.
+    pub(crate) addr: String,
+}
+
+impl Service {
+    /// Starts the service (its config should listen on `127.0.0.1:0`) and waits for its
+    /// `listening on http://ADDR` line.
+    pub(crate) fn start(config: &Path) -> Self {
+        let mut child = bin()
+            .args(["serve", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sandstorm serve");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let start = Instant::now();
+        let mut seen = String::new();
+        while start.elapsed() < Duration::from_secs(60) {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let addr = addr.trim().to_owned();
+                // Keep draining stderr so the service never blocks on a full pipe.
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                return Self { child, addr };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no listening line from sandstorm serve:\n{seen}");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
