@@ -6,6 +6,7 @@
 #
 #   scripts/bench-serve.sh                   # 2 wrk threads, 32 connections, 20 s
 #   DURATION=30s CONNECTIONS=64 scripts/bench-serve.sh
+#   VIEW=summary scripts/bench-serve.sh      # POST /v1/route?view=summary (winner and fallbacks only)
 #   SANDSTORM_BIN=path/to/release/sandstorm scripts/bench-serve.sh   # skip the build
 #
 # Loopback only; wrk stops by itself after DURATION. Results: docs/benchmarks.md.
@@ -19,6 +20,7 @@ THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
 WORKERS="${WORKERS:-2}"
 PORT="${PORT:-18089}"
+VIEW="${VIEW:-full}"
 
 missing=()
 for tool in wrk curl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
@@ -83,12 +85,12 @@ for _ in $(seq 100); do
 done
 # The request must be routed (200) before it is worth measuring.
 curl -fsS -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-  --data-binary @"$BENCH_DIR/request.json" "http://127.0.0.1:$PORT/v1/route" >"$BENCH_DIR/decision.json"
+  --data-binary @"$BENCH_DIR/request.json" "http://127.0.0.1:$PORT/v1/route?view=$VIEW" >"$BENCH_DIR/decision.json"
 echo "decision: $(wc -c <"$BENCH_DIR/decision.json") bytes, winner $(grep -o '"winner":"[^"]*"' "$BENCH_DIR/decision.json")"
 # Warm-up, then the measured run.
-wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route" >/dev/null
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency POST /v1/route (server: $WORKERS worker threads)"
-wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route?view=$VIEW" >/dev/null
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency POST /v1/route?view=$VIEW (server: $WORKERS worker threads)"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$BENCH_DIR/route.lua" "http://127.0.0.1:$PORT/v1/route?view=$VIEW"
 # Server-side view: time in the handler stack (from accept of the request to the response),
 # as the service's own histograms measured it during warm-up and the run.
 echo "server-side sandstorm_http_request_duration_seconds{route=\"/v1/route\"} and sandstorm_decide_duration_seconds:"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -192,6 +192,8 @@ async fn openapi_json(_principal: Principal) -> Result<Response, ApiError> {
 /// Decide where a request would run, without running it.
 #[utoipa::path(post, path = "/v1/route", tag = "routing", security(("api_key" = [])),
     request_body = RunRequestDoc,
+    params(("view" = Option<String>, Query,
+        description = "`full` (default): every enumerated candidate with its verdict; `summary`: only the winner and the fallbacks")),
     responses(
         (status = 200, description = "the ranked, explained decision", body = DecisionDoc),
         (status = 400, description = "invalid request; `fields` names each bad field", body = ErrorBody),
@@ -202,11 +204,47 @@ async fn openapi_json(_principal: Principal) -> Result<Response, ApiError> {
 async fn route(
     State(state): State<AppState>,
     principal: Principal,
+    RawQuery(query): RawQuery,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    let summary = summary_view(query.as_deref())?;
     let request = parse_run_request(&body, &principal.tenant)?;
-    let (decision, _) = state.core.decide(&request)?;
+    let (mut decision, _) = state.core.decide(&request)?;
+    if summary {
+        // Ranked feasible candidates come first: the winner, then the fallbacks.
+        decision.candidates.truncate(1 + decision.fallbacks.len());
+    }
     to_json(StatusCode::OK, &decision)
+}
+
+/// Whether the query string asks for `view=summary` (`view=full` or nothing: the full
+/// decision); anything else is a 400 naming the parameter.
+fn summary_view(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut summary = false;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("view", "full")) => summary = false,
+            Some(("view", "summary")) => summary = true,
+            Some(("view", other)) => {
+                return Err(ApiError::invalid(
+                    Some("view"),
+                    format!("unknown view {other:?}: expected `full` or `summary`"),
+                ));
+            }
+            _ => {
+                let name = pair.split('=').next().unwrap_or(pair);
+                return Err(ApiError::invalid(
+                    Some(name),
+                    format!("unknown query parameter {name:?}: /v1/route takes only `view`"),
+                ));
+            }
+        }
+    }
+    Ok(summary)
 }
 
 /// Route a request and execute it on the winner (local backends in this build).

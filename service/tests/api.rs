@@ -94,6 +94,35 @@ async fn route_returns_an_explained_decision() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(r.code(), "no_feasible_candidate");
     assert!(r.message().contains("max_cost_usd"), "{}", r.text());
+
+    // `?view=summary`: the same decision with only the winner and the fallbacks.
+    let full = d["candidates"].as_array().unwrap().len();
+    let r = s.post_json("/v1/route?view=summary", ACME, &hello()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let summary = r.json();
+    let kept: Vec<&str> = summary["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["candidate"]["id"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![summary["winner"].as_str().unwrap()];
+    expected.extend(
+        summary["fallbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap()),
+    );
+    assert_eq!(kept, expected);
+    assert!(kept.len() < full, "{} of {full}", kept.len());
+    for (query, field) in [("view=everything", "view"), ("verbose=1", "verbose")] {
+        let r = s
+            .post_json(&format!("/v1/route?{query}"), ACME, &hello())
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(field), "{}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
