@@ -3,7 +3,7 @@
 # polars or datafusion, directly or transitively.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-serving=(sandstorm-features sandstorm-datasets sandstorm-router sandstorm-runtime sandstorm-adapters sandstorm-executor sandstorm-policies-wasm sandstorm-service)
+serving=(sandstorm-features sandstorm-storage sandstorm-datasets sandstorm-router sandstorm-runtime sandstorm-adapters sandstorm-executor sandstorm-policies-wasm sandstorm-service)
 forbidden='^(sandstorm-trainer|polars|polars-[a-z-]+|datafusion|datafusion-[a-z-]+) '
 status=0
 for crate in "${serving[@]}"; do

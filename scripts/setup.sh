@@ -3,7 +3,8 @@
 # when something is missing), cmake >= 3.28, pyarrow and lightgbm in a Python venv (Debian's
 # cmake is too old for LightGBM; the Python packages are for interoperability tests: pyarrow and
 # polars read telemetry, lightgbm checks models, mcp is the reference MCP client, pyyaml reads
-# MLflow MLmodel files), and the wasm32 Rust target.
+# MLflow MLmodel files, moto[server] is the S3-compatible server of the object-store tests), and
+# the wasm32 Rust target.
 # Safe to run again and again.
 #
 # Source it to also get the venv on PATH:  . scripts/setup.sh
@@ -31,12 +32,12 @@ fi
 if ! "$SANDSTORM_VENV/bin/python" - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
 v = tuple(int(x) for x in m.version("cmake").split(".")[:2])
-import pyarrow, polars, lightgbm, numpy, mcp, yaml  # noqa: F401
+import pyarrow, polars, lightgbm, numpy, mcp, yaml, moto.server  # noqa: F401
 sys.exit(0 if v >= (3, 28) else 1)
 PY
 then
-  echo "setup: installing cmake>=3.28, pyarrow, polars, lightgbm, mcp and pyyaml into the venv" >&2
-  "$SANDSTORM_VENV/bin/pip" install -q --disable-pip-version-check 'cmake>=3.28' 'pyarrow>=14' 'polars>=1' 'lightgbm>=4' numpy 'mcp>=2,<3' pyyaml
+  echo "setup: installing cmake>=3.28, pyarrow, polars, lightgbm, mcp, pyyaml and moto into the venv" >&2
+  "$SANDSTORM_VENV/bin/pip" install -q --disable-pip-version-check 'cmake>=3.28' 'pyarrow>=14' 'polars>=1' 'lightgbm>=4' numpy 'mcp>=2,<3' pyyaml 'moto[server]>=5'
 fi
 export PATH="$SANDSTORM_VENV/bin:$PATH"
 export SANDSTORM_PYTHON="$SANDSTORM_VENV/bin/python"

@@ -12,6 +12,36 @@ use sandstorm_features::telemetry::RunStatus;
 use sandstorm_features::{Catalog, RunRequest};
 use sandstorm_router::{Decision, Verdict};
 use sandstorm_runtime::{Engine, EngineConfig};
+use sandstorm_storage::Location;
+
+/// The location given for `flag`: a directory path, a `file://` or an `s3://` URL.
+pub(crate) fn location(flag: &str, value: &Path) -> Result<Location> {
+    Ok(Location::parse(flag, &value.to_string_lossy())?)
+}
+
+/// The local model directory named by `flag`: the path itself, or for an object-store URL
+/// the registry's champion (or the model directory) downloaded into the local cache
+/// (`~/.cache/sandstorm/models/`).
+pub(crate) fn model_dir(flag: &str, value: &Path) -> Result<PathBuf> {
+    match location(flag, value)? {
+        Location::Local(dir) => Ok(dir),
+        Location::Remote(remote) => {
+            let cache = sandstorm_storage::models::default_models_cache(&remote);
+            sandstorm_storage::models::fetch_models(&remote, &cache)
+                .with_context(|| format!("fetching the models at {}", remote.url()))
+        }
+    }
+}
+
+/// The telemetry rows at the location given for `flag`, in time order.
+pub(crate) fn load_telemetry(
+    flag: &str,
+    value: &Path,
+) -> Result<Vec<sandstorm_features::telemetry::TelemetryRecord>> {
+    let location = location(flag, value)?;
+    sandstorm_trainer::load_telemetry_at(&location)
+        .with_context(|| format!("reading telemetry {location}"))
+}
 
 pub(crate) fn load_catalog(path: Option<&Path>) -> Result<Catalog> {
     match path {

@@ -96,7 +96,8 @@ enum Command {
 /// Options shared by commands that route.
 #[derive(Debug, Args)]
 struct RoutingArgs {
-    /// Model directory written by `sandstorm train`.
+    /// Model directory written by `sandstorm train`, or an s3:// URL of a model directory or
+    /// registry (its champion), downloaded into ~/.cache/sandstorm/models/.
     #[arg(long, env = "SANDSTORM_MODELS")]
     models: PathBuf,
     /// Request file (.json, .yaml or .yml).
@@ -145,7 +146,8 @@ struct RouteArgs {
 struct RunArgs {
     #[command(flatten)]
     routing: RoutingArgs,
-    /// Directory that receives the run's telemetry row (Parquet).
+    /// Telemetry location that receives the run's rows: a directory or an s3:// URL (spooled
+    /// locally, then published).
     #[arg(
         long,
         env = "SANDSTORM_TELEMETRY",
@@ -156,10 +158,10 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct TrainArgs {
-    /// Directory of telemetry Parquet files.
+    /// Telemetry: a directory of Parquet files or an s3:// URL.
     #[arg(long)]
     telemetry: PathBuf,
-    /// Model directory to write.
+    /// Model directory to write, or an s3:// URL to upload it to.
     #[arg(long)]
     out: PathBuf,
     /// Print the metadata as JSON.

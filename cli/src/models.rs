@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
+use sandstorm_storage::Location;
 use sandstorm_trainer::registry::{Decision, PromotionPolicy, Registry, primary_metric};
 
 use crate::common;
@@ -35,7 +36,8 @@ pub(crate) struct TrainTuning {
     /// Do not write report.html and its plots.
     #[arg(long)]
     no_report: bool,
-    /// Also register the trained model set in this model registry.
+    /// Also register the trained model set in this model registry (a directory or an s3://
+    /// URL).
     #[arg(long)]
     registry: Option<PathBuf>,
     /// Weight rows by 1 / selection_probability (inverse-propensity weighting), so models
@@ -83,21 +85,68 @@ impl TrainTuning {
     }
 }
 
-pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -> Result<ExitCode> {
-    let cfg = t.config()?;
-    let report = sandstorm_trainer::train(telemetry, out, &cfg)?;
-    let version = match &t.registry {
-        Some(root) => Some(Registry::open(root)?.register(out)?),
+/// The registry given for `flag`: a directory or an object-store URL.
+fn open_registry(flag: &str, value: &Path) -> Result<Registry> {
+    Ok(Registry::open_at(&common::location(flag, value)?, None)?)
+}
+
+/// Trains into `out`, registers the model set in `registry` and uploads `out` to `upload`
+/// (`metadata.json` last), when given.
+fn train_and_publish(
+    records: &[sandstorm_features::telemetry::TelemetryRecord],
+    out: &Path,
+    cfg: &sandstorm_trainer::TrainConfig,
+    registry: Option<&Path>,
+    upload: Option<&sandstorm_storage::Remote>,
+) -> Result<(sandstorm_trainer::TrainReport, Option<String>)> {
+    let report = sandstorm_trainer::train_records(records, out, cfg)?;
+    let version = match registry {
+        Some(root) => Some(open_registry("--registry", root)?.register(out)?),
         None => None,
     };
+    if let Some(remote) = upload {
+        remote.upload_dir(out, sandstorm_features::model::METADATA_FILE)?;
+    }
+    Ok((report, version))
+}
+
+pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -> Result<ExitCode> {
+    let cfg = t.config()?;
+    let records = common::load_telemetry("--telemetry", telemetry)?;
+    // An object-store --out: train into a local directory, then upload it whole.
+    let out_location = common::location("--out", out)?;
+    let (local_out, upload) = match &out_location {
+        Location::Local(dir) => (dir.clone(), None),
+        Location::Remote(remote) => (
+            sandstorm_storage::default_cache_dir()
+                .join("train-out")
+                .join(uuid::Uuid::new_v4().simple().to_string()),
+            Some(remote.clone()),
+        ),
+    };
+    let trained = train_and_publish(
+        &records,
+        &local_out,
+        &cfg,
+        t.registry.as_deref(),
+        upload.as_ref(),
+    );
+    if upload.is_some() {
+        let _ = std::fs::remove_dir_all(&local_out);
+    }
+    let (mut report, version) = trained?;
+    if let Some(remote) = &upload {
+        report.report_html = report
+            .report_html
+            .map(|_| PathBuf::from(remote.object_url(sandstorm_trainer::REPORT_FILE)));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report.metadata)?);
     } else {
         crate::run::print_metrics(&report.metadata);
         println!(
-            "model {} written to {}",
-            report.metadata.version,
-            out.display()
+            "model {} written to {out_location}",
+            report.metadata.version
         );
         if let Some(html) = &report.report_html {
             println!("report: {}", html.display());
@@ -167,15 +216,14 @@ pub(crate) fn command(cmd: ModelsCommand) -> Result<ExitCode> {
             json,
             challenger,
         } => {
-            let reg = Registry::open(&registry)?;
+            let reg = open_registry("--registry", &registry)?;
             let path = Path::new(&challenger);
             let version = if path.join("metadata.json").is_file() {
                 reg.register(path)?
             } else {
                 challenger
             };
-            let rows = sandstorm_trainer::load_telemetry(&telemetry)
-                .with_context(|| format!("reading {}", telemetry.display()))?;
+            let rows = common::load_telemetry("--telemetry", &telemetry)?;
             let d = reg.promote(
                 &version,
                 &rows,
@@ -196,7 +244,7 @@ pub(crate) fn command(cmd: ModelsCommand) -> Result<ExitCode> {
             })
         }
         ModelsCommand::Rollback { registry } => {
-            let d = Registry::open(&registry)?.rollback()?;
+            let d = open_registry("--registry", &registry)?.rollback()?;
             println!(
                 "champion is now {} (was {})",
                 d.version,
@@ -208,7 +256,7 @@ pub(crate) fn command(cmd: ModelsCommand) -> Result<ExitCode> {
 }
 
 fn list(root: &Path, json: bool) -> Result<ExitCode> {
-    let reg = Registry::open(root)?;
+    let reg = open_registry("--registry", root)?;
     let versions = reg.versions()?;
     if json {
         let v: Vec<_> = versions
@@ -249,7 +297,7 @@ fn list(root: &Path, json: bool) -> Result<ExitCode> {
     }
     println!("{t}");
     if versions.is_empty() {
-        println!("no versions in {}", root.display());
+        println!("no versions in {}", reg.location());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,10 +37,12 @@ pub(crate) enum Format {
 
 #[derive(Debug, Args)]
 pub(crate) struct EvalOfflineArgs {
-    /// Telemetry Parquet directory with the logged decisions (and their propensities).
+    /// Telemetry (a directory or s3:// URL) with the logged decisions (and their
+    /// propensities).
     #[arg(long)]
     telemetry: PathBuf,
-    /// Model directory of the policy to evaluate (written by `sandstorm train`).
+    /// Model directory of the policy to evaluate (written by `sandstorm train`; a path or an
+    /// s3:// URL of a model directory or registry).
     #[arg(long)]
     models: PathBuf,
     /// Catalog TOML the candidates' features come from (default: the embedded catalog).
@@ -546,15 +548,15 @@ fn report(
     catalog: Option<&Path>,
     options: &OfflineOptions,
 ) -> Result<OfflineReport> {
-    let models = ModelSet::load(models_dir).with_context(|| {
+    let local_models = crate::common::model_dir("--models", models_dir)?;
+    let models = ModelSet::load(&local_models).with_context(|| {
         format!(
             "cannot evaluate the model directory {}",
             models_dir.display()
         )
     })?;
     let catalog = common::load_catalog(catalog)?;
-    let records = sandstorm_trainer::load_telemetry(telemetry)
-        .with_context(|| format!("reading telemetry {}", telemetry.display()))?;
+    let records = crate::common::load_telemetry("--telemetry", telemetry)?;
     let first_attempts = records
         .iter()
         .filter(|r| r.attempt == 0 && r.status != RunStatus::NotExecuted)

@@ -88,7 +88,7 @@ pub(crate) struct TestArgs {
 pub(crate) struct ReplayArgs {
     #[command(flatten)]
     source: PolicySource,
-    /// Directory of telemetry Parquet files.
+    /// Telemetry: a directory of Parquet files or an s3:// URL.
     #[arg(long, env = "SANDSTORM_TELEMETRY")]
     telemetry: PathBuf,
     /// Model directory to re-decide the past requests with.
@@ -534,10 +534,14 @@ struct ReplaySummary {
 fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let store = args.source.store()?;
     let catalog = common::load_catalog(args.catalog.as_deref())?;
-    let baseline = Router::new(&catalog, ModelSet::load(&args.models)?);
-    let with_policy = Router::new(&catalog, ModelSet::load(&args.models)?).with_policies(store);
+    let models = common::model_dir("--models", &args.models)?;
+    let baseline = Router::new(&catalog, ModelSet::load(&models)?);
+    let with_policy = Router::new(&catalog, ModelSet::load(&models)?).with_policies(store);
     let (mut scratch_a, mut scratch_b) = (Scratch::new(), Scratch::new());
-    let batches = sandstorm_datasets::read_parquet_dir(&args.telemetry)?;
+    let batches = sandstorm_datasets::read_parquet_location(&common::location(
+        "--telemetry",
+        &args.telemetry,
+    )?)?;
     let mut s = ReplaySummary::default();
     let (mut cost_delta, mut latency_delta) = (0.0, 0.0);
     let records = batches

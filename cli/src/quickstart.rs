@@ -211,8 +211,12 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<ExitCode> {
     println!("{t}");
 
     println!("4/4 writing the telemetry of {} real runs", records.len());
-    let file = crate::telemetry::append_now(&runs_dir, &records)
-        .with_context(|| format!("writing telemetry to {}", runs_dir.display()))?;
+    let file = crate::telemetry::append_now(
+        &sandstorm_storage::Location::Local(runs_dir.clone()),
+        None,
+        &records,
+    )
+    .with_context(|| format!("writing telemetry to {}", runs_dir.display()))?;
     println!("    telemetry: {}", file.display());
     println!(
         "    models:    {} (version {})",

@@ -24,7 +24,8 @@ struct Routed {
 fn decide(args: &RoutingArgs) -> Result<Routed> {
     let catalog = common::load_catalog(args.catalog.as_deref())?;
     let request = common::load_request(&args.request)?;
-    let mut router = Router::new(&catalog, ModelSet::load(&args.models)?)
+    let models = common::model_dir("--models", &args.models)?;
+    let mut router = Router::new(&catalog, ModelSet::load(&models)?)
         .with_exploration(args.explore.unwrap_or_default())?;
     if let Some(registry) = &args.policies {
         router = router.with_policies(crate::policy::load_registry(
@@ -112,8 +113,12 @@ pub(crate) fn run(args: &RoutingArgs, telemetry_out: &Path) -> Result<ExitCode> 
         None
     } else {
         Some(
-            crate::telemetry::append_now(telemetry_out, &rows)
-                .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?,
+            crate::telemetry::append_now(
+                &common::location("--telemetry-out", telemetry_out)?,
+                None,
+                &rows,
+            )
+            .with_context(|| format!("writing telemetry to {}", telemetry_out.display()))?,
         )
     };
     let attempts = attempt_views(&execution);

@@ -1,12 +1,14 @@
 //! `sandstorm telemetry`: SQL over the telemetry Parquet (`query`), the named reports
 //! (`report spend|latency|failures --by ...`) and `compact`, which recovers the write-ahead logs
-//! of writers that died and publishes their rows (docs/telemetry.md).
+//! of writers that died and publishes their rows (docs/telemetry.md). Every command takes a
+//! directory or an object-store URL (`s3://bucket/prefix`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use sandstorm_storage::Location;
 use sandstorm_trainer::query::{self, OutputFormat, QueryOutput, Report};
 
 #[derive(Debug, Subcommand)]
@@ -31,19 +33,23 @@ pub(crate) enum TelemetryCommand {
     },
     /// Recover the write-ahead logs of writers that died and compact them into Parquet.
     Compact {
-        /// Telemetry directory (a path or file:// URL).
+        /// Telemetry location (a directory path, file:// or s3:// URL).
         #[arg(
             long,
             env = "SANDSTORM_TELEMETRY",
             default_value = "sandstorm-telemetry"
         )]
         telemetry: String,
+        /// With an s3:// location: the local spool of the writers to recover and publish
+        /// (default: ~/.cache/sandstorm/telemetry-spool/<url>).
+        #[arg(long, env = "SANDSTORM_TELEMETRY_SPOOL")]
+        spool_dir: Option<PathBuf>,
     },
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct OutputArgs {
-    /// Telemetry directory (a path or file:// URL).
+    /// Telemetry location (a directory path, file:// or s3:// URL).
     #[arg(
         long,
         env = "SANDSTORM_TELEMETRY",
@@ -75,22 +81,25 @@ pub(crate) enum ReportKind {
 pub(crate) fn command(command: TelemetryCommand) -> Result<ExitCode> {
     match command {
         TelemetryCommand::Query { sql, out } => {
-            let dir = sandstorm_datasets::telemetry_path(&out.telemetry)?;
-            let result = query::query_telemetry(&dir, &sql)?;
+            let location = Location::parse("--telemetry", &out.telemetry)?;
+            let result = query::query_location(&location, &sql)?;
             emit(&result, &out)
         }
         TelemetryCommand::Report { report, by, out } => {
-            let dir = sandstorm_datasets::telemetry_path(&out.telemetry)?;
+            let location = Location::parse("--telemetry", &out.telemetry)?;
             let report = match report {
                 ReportKind::Spend => Report::Spend,
                 ReportKind::Latency => Report::Latency,
                 ReportKind::Failures => Report::Failures,
             };
             let by: Vec<String> = by.into_iter().filter(|c| !c.trim().is_empty()).collect();
-            let result = query::report_telemetry(&dir, report, &by)?;
+            let result = query::report_location(&location, report, &by)?;
             emit(&result, &out)
         }
-        TelemetryCommand::Compact { telemetry } => compact(&telemetry),
+        TelemetryCommand::Compact {
+            telemetry,
+            spool_dir,
+        } => compact(&telemetry, spool_dir),
     }
 }
 
@@ -112,9 +121,9 @@ fn emit(result: &QueryOutput, out: &OutputArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn compact(location: &str) -> Result<ExitCode> {
-    let dir = sandstorm_datasets::telemetry_path(location)?;
-    let writer = open_writer(&dir)?;
+fn compact(location: &str, spool_dir: Option<PathBuf>) -> Result<ExitCode> {
+    let location = Location::parse("--telemetry", location)?;
+    let writer = open_writer(&location, spool_dir)?;
     let recovery = writer.recovery().clone();
     writer.close().context("compacting telemetry")?;
     println!(
@@ -128,24 +137,32 @@ fn compact(location: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A telemetry writer on `dir` for a one-shot command: no background thread; closing it
-/// compacts what it appended.
-pub(crate) fn open_writer(dir: &Path) -> Result<sandstorm_datasets::TelemetryWriter> {
+/// A telemetry writer on `location` for a one-shot command: no background thread; closing it
+/// compacts (and, on an object store, publishes) what it appended. `spool_dir` (else
+/// `$SANDSTORM_TELEMETRY_SPOOL`, else the default) is the local spool of an object store.
+pub(crate) fn open_writer(
+    location: &Location,
+    spool_dir: Option<PathBuf>,
+) -> Result<sandstorm_datasets::TelemetryWriter> {
     let options = sandstorm_datasets::WriterOptions {
         background: false,
+        spool_dir: spool_dir
+            .or_else(|| std::env::var_os("SANDSTORM_TELEMETRY_SPOOL").map(PathBuf::from)),
         ..Default::default()
     };
-    sandstorm_datasets::TelemetryWriter::open(dir, options)
-        .with_context(|| format!("opening telemetry {}", dir.display()))
+    sandstorm_datasets::TelemetryWriter::open_at(location, options)
+        .with_context(|| format!("opening telemetry {location}"))
 }
 
-/// Appends `records` to the telemetry under `dir` and compacts them at once (one-shot commands
-/// have no later moment to do it); returns the first Parquet file holding them.
+/// Appends `records` to the telemetry at `location` and compacts them at once (one-shot
+/// commands have no later moment to do it); returns the first Parquet file (or object URL)
+/// holding them.
 pub(crate) fn append_now(
-    dir: &Path,
+    location: &Location,
+    spool_dir: Option<PathBuf>,
     records: &[sandstorm_features::telemetry::TelemetryRecord],
 ) -> Result<PathBuf> {
-    let writer = open_writer(dir)?;
+    let writer = open_writer(location, spool_dir)?;
     writer.append_all(records)?;
     let files = writer.close()?;
     files

@@ -100,8 +100,8 @@ fn mistakes_are_clear_errors() {
             "unknown column `colour`",
         ),
         (
-            &["query", "SELECT 1", "--telemetry", "s3://bucket/t"],
-            "scheme `s3` is not supported",
+            &["query", "SELECT 1", "--telemetry", "gs://bucket/t"],
+            "scheme `gs` is not supported",
         ),
         (
             &[

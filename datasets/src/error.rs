@@ -46,9 +46,10 @@ pub enum DatasetsError {
     /// User error: nothing was given to write.
     #[error("nothing to write to {}: {what} is empty", path.display())]
     NothingToWrite { path: PathBuf, what: &'static str },
-    /// User error: a telemetry location that is neither a path nor a `file://` URL.
-    #[error("unsupported telemetry location `{location}`: {message}")]
-    UnsupportedLocation { location: String, message: String },
+    /// A telemetry location that cannot be parsed (user error), or an object store that
+    /// failed (docs/telemetry.md, "Object stores").
+    #[error(transparent)]
+    Storage(#[from] sandstorm_storage::StorageError),
     /// Damaged data: a write-ahead-log segment holds bytes that are not a torn tail (a bad
     /// header, or a damaged frame followed by valid ones). The file is left untouched.
     #[error("telemetry wal segment {} is corrupt at byte {offset}: {message}", path.display())]
@@ -100,8 +101,7 @@ impl DatasetsError {
                 | DatasetsError::InvalidDataset { .. }
                 | DatasetsError::CatalogUnusable(_)
                 | DatasetsError::NothingToWrite { .. }
-                | DatasetsError::UnsupportedLocation { .. }
-        )
+        ) || matches!(self, DatasetsError::Storage(e) if e.is_user_error())
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {

@@ -17,9 +17,11 @@ mod simulator;
 
 pub use error::DatasetsError;
 pub use journal::{
-    Ack, Recovery, TelemetryWriter, WAL_DIR, WriterOptions, WriterStats, telemetry_path,
+    Ack, Recovery, TelemetryWriter, WAL_DIR, WriterOptions, WriterStats, default_spool_dir,
+    telemetry_location,
 };
-pub use parquet_io::{append_records, read_parquet_dir, write_parquet};
+pub use parquet_io::{append_records, read_parquet_dir, read_parquet_location, write_parquet};
+pub use sandstorm_storage::{Location, Remote, StoreConfig};
 pub use simulator::{
     GenerateSummary, LoggingPolicy, SimulatorConfig, UniformPolicy, generate, simulate,
     simulate_with,

@@ -123,13 +123,55 @@ pub fn read_parquet_dir(dir: &Path) -> Result<Vec<RecordBatch>, DatasetsError> {
     Ok(out)
 }
 
+/// Reads the telemetry at `location`: a local directory ([`read_parquet_dir`]) or every
+/// `*.parquet` object below an object-store prefix (names with a hidden segment skipped),
+/// downloaded into memory, in name order. Errors name the file or object.
+pub fn read_parquet_location(
+    location: &sandstorm_storage::Location,
+) -> Result<Vec<RecordBatch>, DatasetsError> {
+    let remote = match location {
+        sandstorm_storage::Location::Local(dir) => return read_parquet_dir(dir),
+        sandstorm_storage::Location::Remote(remote) => remote,
+    };
+    let names: Vec<String> = remote
+        .list()?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.ends_with(".parquet") && !n.split('/').any(|p| p.starts_with('.')))
+        .collect();
+    if names.is_empty() {
+        return Err(DatasetsError::NoParquetFiles {
+            dir: PathBuf::from(remote.url()),
+        });
+    }
+    let mut out = Vec::new();
+    for name in &names {
+        let url = PathBuf::from(remote.object_url(name));
+        let bytes = remote
+            .get(name)?
+            .ok_or_else(|| DatasetsError::NotADirectory { path: url.clone() })?;
+        read_from(&url, bytes, &mut out)?;
+    }
+    tracing::debug!(location = %remote.url(), files = names.len(), "read telemetry");
+    Ok(out)
+}
+
 fn read_file(path: &Path, out: &mut Vec<RecordBatch>) -> Result<(), DatasetsError> {
+    let file = File::open(path).map_err(|e| DatasetsError::io(path, e))?;
+    read_from(path, file, out)
+}
+
+/// Reads one Parquet file (`path` names it in errors) from `reader`.
+fn read_from<R: parquet::file::reader::ChunkReader + 'static>(
+    path: &Path,
+    reader: R,
+    out: &mut Vec<RecordBatch>,
+) -> Result<(), DatasetsError> {
     let unreadable = |source| DatasetsError::UnreadableParquet {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(|e| DatasetsError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(unreadable)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(unreadable)?;
     let file_schema = Arc::clone(builder.schema());
     let not_telemetry = |message: String| DatasetsError::NotTelemetry {
         path: path.to_owned(),

@@ -5,6 +5,10 @@
 //! child's newest segment (what a power loss leaves), then reopens the writer, compacts, and
 //! checks that every acknowledged row is readable exactly once.
 //!
+//! The same test runs a second time on an object store (a real S3-compatible server, moto):
+//! the children spool locally and publish to `s3://crash/telemetry`, and every acknowledged
+//! row must be readable exactly once from the bucket.
+//!
 //! No test harness: `main` is either the child or the test.
 
 use std::collections::HashMap;
@@ -15,12 +19,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sandstorm_datasets::{
-    SimulatorConfig, TelemetryWriter, WriterOptions, read_parquet_dir, simulate,
+    Location, SimulatorConfig, TelemetryWriter, WriterOptions, read_parquet_location, simulate,
 };
 use sandstorm_features::Catalog;
 use sandstorm_features::telemetry::{self, TelemetryRecord};
+use sandstorm_storage::test_s3::S3Server;
 
 const CHILD_ENV: &str = "SANDSTORM_JOURNAL_CHILD";
+/// Set for the children of the object-store run: the telemetry URL (`dir` is then the spool).
+const URL_ENV: &str = "SANDSTORM_JOURNAL_URL";
 const THREADS: usize = 4;
 const ROUNDS: usize = 3;
 /// Acknowledged rows to wait for before each kill.
@@ -44,9 +51,14 @@ fn child(dir: &Path, round: &str) {
         // the child is being killed.
         max_segment_bytes: 48 * 1024,
         max_segment_age: Duration::from_millis(100),
+        spool_dir: Some(dir.to_owned()),
         ..WriterOptions::default()
     };
-    let writer = TelemetryWriter::open(dir, options).expect("child opens the writer");
+    let location = match std::env::var(URL_ENV) {
+        Ok(url) => Location::parse("test", &url).expect("url"),
+        Err(_) => Location::Local(dir.to_owned()),
+    };
+    let writer = TelemetryWriter::open_at(&location, options).expect("child opens the writer");
     let base = template();
     std::thread::scope(|s| {
         for t in 0..THREADS {
@@ -71,9 +83,13 @@ fn child(dir: &Path, round: &str) {
 /// Runs one child until it acknowledged `ACKS_BEFORE_KILL` rows, SIGKILLs it, and returns every
 /// `run_id` it acknowledged (complete lines only: a line cut by the kill was not printed in
 /// full, and its row may or may not be durable — it was acknowledged to no one).
-fn run_and_kill(dir: &Path, round: usize) -> Vec<String> {
+fn run_and_kill(dir: &Path, round: usize, s3: Option<(&S3Server, &str)>) -> Vec<String> {
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some((server, url)) = s3 {
+        command.envs(server.env()).env(URL_ENV, url);
+    }
+    let mut child = command
         .env(CHILD_ENV, dir)
         .env("SANDSTORM_JOURNAL_ROUND", round.to_string())
         .stdout(Stdio::piped())
@@ -118,16 +134,28 @@ fn run_and_kill(dir: &Path, round: usize) -> Vec<String> {
     acked
 }
 
-fn sigkill_mid_stream_loses_no_acknowledged_row() {
+fn sigkill_mid_stream_loses_no_acknowledged_row(s3: Option<&S3Server>) {
+    const URL: &str = "s3://crash/telemetry";
     let dir = tempfile::tempdir().expect("tempdir");
+    let location = match s3 {
+        Some(server) => {
+            server.create_bucket("crash");
+            Location::parse_with("test", URL, &server.config()).expect("url")
+        }
+        None => Location::Local(dir.path().to_owned()),
+    };
     let mut acked = Vec::new();
     for round in 0..ROUNDS {
-        acked.extend(run_and_kill(dir.path(), round));
+        acked.extend(run_and_kill(dir.path(), round, s3.map(|s| (s, URL))));
     }
     // A power loss would also leave a half-written frame: add one to the newest segment of the
     // last child's log.
     let torn = tear_newest_segment(dir.path());
-    let writer = TelemetryWriter::open(dir.path(), WriterOptions::default()).expect("recover");
+    let options = WriterOptions {
+        spool_dir: Some(dir.path().to_owned()),
+        ..WriterOptions::default()
+    };
+    let writer = TelemetryWriter::open_at(&location, options).expect("recover");
     let recovery = writer.recovery().clone();
     assert!(
         recovery.writers >= 1,
@@ -139,7 +167,7 @@ fn sigkill_mid_stream_loses_no_acknowledged_row() {
     writer.close().expect("close");
 
     let mut counts: HashMap<String, usize> = HashMap::new();
-    let batches = read_parquet_dir(dir.path()).expect("read compacted telemetry");
+    let batches = read_parquet_location(&location).expect("read compacted telemetry");
     for batch in &batches {
         for row in telemetry::from_record_batch(batch).expect("rows") {
             *counts.entry(row.run_id).or_default() += 1;
@@ -161,8 +189,19 @@ fn sigkill_mid_stream_loses_no_acknowledged_row() {
     // The WAL is gone: everything was compacted.
     let wal = dir.path().join(sandstorm_datasets::WAL_DIR);
     assert!(!wal.exists(), "wal left behind");
+    if let Some(remote) = location.as_remote() {
+        let spooled = read_parquet_location(&Location::Local(dir.path().to_owned()));
+        assert!(spooled.is_err(), "parquet left unpublished in the spool");
+        let objects = remote.list().expect("list");
+        assert!(
+            objects.iter().all(|o| o.name.starts_with("date=")
+                && o.name.contains("/part-")
+                && o.name.ends_with(".parquet")),
+            "hive layout: {objects:?}"
+        );
+    }
     println!(
-        "sigkill: {} acknowledged rows over {ROUNDS} kills, {} rows stored, last recovery {:?} \
+        "sigkill ({location}): {} acknowledged rows over {ROUNDS} kills, {} rows stored, last recovery {:?} \
          segments / {} torn tails",
         acked.len(),
         counts.len(),
@@ -214,6 +253,9 @@ fn main() {
         child(Path::new(&dir), &round);
         return;
     }
-    sigkill_mid_stream_loses_no_acknowledged_row();
+    sigkill_mid_stream_loses_no_acknowledged_row(None);
     println!("test sigkill_mid_stream_loses_no_acknowledged_row ... ok");
+    let server = S3Server::start();
+    sigkill_mid_stream_loses_no_acknowledged_row(Some(&server));
+    println!("test sigkill_mid_stream_on_an_object_store_loses_no_acknowledged_row ... ok");
 }

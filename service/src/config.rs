@@ -18,14 +18,24 @@ pub struct Config {
     /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free port).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Model directory written by `sandstorm train`.
+    /// Model directory written by `sandstorm train`, or a model registry (its champion is
+    /// served); a path or an `s3://` URL (docs/service.md).
     pub models_dir: PathBuf,
+    /// Where versions of an object-store `models_dir` are downloaded (default:
+    /// `~/.cache/sandstorm/models/<url>`).
+    #[serde(default)]
+    pub models_cache_dir: Option<PathBuf>,
     /// Catalog TOML; the embedded default catalog when absent.
     #[serde(default)]
     pub catalog: Option<PathBuf>,
-    /// Directory that receives one telemetry Parquet file per completed run; none when absent.
+    /// Telemetry location (a directory or an `s3://` URL) that receives every run's rows;
+    /// none when absent.
     #[serde(default)]
     pub telemetry_dir: Option<PathBuf>,
+    /// With an object-store `telemetry_dir`: the local spool of the write-ahead log (default:
+    /// `~/.cache/sandstorm/telemetry-spool/<url>`).
+    #[serde(default)]
+    pub telemetry_spool_dir: Option<PathBuf>,
     /// Largest request body accepted, in bytes (larger bodies get 413).
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -150,8 +160,10 @@ impl Config {
         Self {
             listen: default_listen(),
             models_dir: models_dir.into(),
+            models_cache_dir: None,
             catalog: None,
             telemetry_dir: None,
+            telemetry_spool_dir: None,
             body_limit_bytes: default_body_limit(),
             shutdown_grace_s: default_shutdown_grace(),
             max_retained_runs: default_retained_runs(),
@@ -177,7 +189,8 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ServiceError::Config(e.to_string()))?;
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
+            // URLs (s3://...) are not paths.
+            if p.is_relative() && !sandstorm_storage::is_url(&p.to_string_lossy()) {
                 *p = base.join(&*p);
             }
         };
@@ -186,6 +199,15 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = &mut config.telemetry_dir {
+            resolve(p);
+        }
+        for p in [
+            &mut config.models_cache_dir,
+            &mut config.telemetry_spool_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
             resolve(p);
         }
         if let Some(p) = &mut config.policies {
@@ -222,6 +244,14 @@ impl Config {
                 return err(format!(
                     "{name}: requests_per_second and burst must be positive"
                 ));
+            }
+        }
+        for (field, location) in std::iter::once(("models_dir", Some(&self.models_dir))).chain(
+            std::iter::once(("telemetry_dir", self.telemetry_dir.as_ref())),
+        ) {
+            if let Some(location) = location {
+                sandstorm_storage::Location::parse(field, &location.to_string_lossy())
+                    .map_err(|e| ServiceError::Config(e.to_string()))?;
             }
         }
         if self.body_limit_bytes < 1024 {
@@ -261,6 +291,35 @@ pub fn hash_api_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_store_urls_are_kept_and_bad_ones_name_the_field() {
+        let c = Config::from_toml(
+            "models_dir = 's3://lake/registry'\ntelemetry_dir = 's3://lake/t'\n\
+             telemetry_spool_dir = 'spool'",
+            Path::new("/etc/sandstorm"),
+        )
+        .unwrap();
+        assert_eq!(c.models_dir, Path::new("s3://lake/registry"));
+        assert_eq!(c.telemetry_dir.as_deref(), Some(Path::new("s3://lake/t")));
+        assert_eq!(
+            c.telemetry_spool_dir.as_deref(),
+            Some(Path::new("/etc/sandstorm/spool"))
+        );
+        let e = Config::from_toml("models_dir = 'gs://b/m'", Path::new(".")).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("models_dir") && e.contains("scheme `gs`"), "{e}");
+        let e = Config::from_toml(
+            "models_dir = 'm'\ntelemetry_dir = 's3://B/t'",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("telemetry_dir") && e.contains("bucket name"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_resolves_paths_and_applies_overrides() {

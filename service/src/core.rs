@@ -14,6 +14,7 @@ use sandstorm_features::telemetry::{TelemetryRecord, to_micros};
 use sandstorm_features::{Candidate, Catalog, DecisionContext, RunRequest};
 use sandstorm_router::{Decision, Exploration, ModelSet, Router, Scratch};
 use sandstorm_runtime::{Availability, Engine};
+use sandstorm_storage::{Location, models as storage_models};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
@@ -55,6 +56,20 @@ pub fn resolve_models_dir(dir: &Path) -> Result<PathBuf, ServiceError> {
     }
 }
 
+/// Loads the models of `models_dir`: from a local directory or registry, or, when
+/// `remote` is given, from the object store through its local cache.
+fn load_models(
+    models_dir: &Path,
+    remote: Option<&(sandstorm_storage::Remote, PathBuf)>,
+) -> Result<ModelSet, ServiceError> {
+    match remote {
+        None => Ok(ModelSet::load(&resolve_models_dir(models_dir)?)?),
+        Some((remote, cache)) => Ok(ModelSet::load(&storage_models::fetch_models(
+            remote, cache,
+        )?)?),
+    }
+}
+
 thread_local! {
     /// Each thread's scoring buffers (`Router::decide_with`): no lock, no allocation once grown.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
@@ -81,6 +96,8 @@ pub struct Core {
     router: RwLock<Arc<Router>>,
     catalog: Catalog,
     models_dir: PathBuf,
+    /// The object store `models_dir` names, with the local cache its versions go to.
+    remote_models: Option<(sandstorm_storage::Remote, PathBuf)>,
     /// How the router explores (kept across model reloads).
     exploration: Exploration,
     /// Runs decisions: local engine, remote providers, edge agents, failover, breakers.
@@ -106,7 +123,20 @@ impl Core {
                 Catalog::from_toml(&text)?
             }
         };
-        let models = ModelSet::load(&resolve_models_dir(&config.models_dir)?)?;
+        let remote_models =
+            match Location::parse("models_dir", &config.models_dir.to_string_lossy())
+                .map_err(|e| ServiceError::Config(e.to_string()))?
+            {
+                Location::Local(_) => None,
+                Location::Remote(remote) => {
+                    let cache = config
+                        .models_cache_dir
+                        .clone()
+                        .unwrap_or_else(|| storage_models::default_models_cache(&remote));
+                    Some((remote, cache))
+                }
+            };
+        let models = load_models(&config.models_dir, remote_models.as_ref())?;
         let policies = config.policies.as_ref().map(Policies::open).transpose()?;
         let router = router_for(&catalog, models, policies.as_ref(), config.exploration)?;
         if !config.exploration.is_off() {
@@ -114,10 +144,17 @@ impl Core {
         }
         let telemetry = match &config.telemetry_dir {
             None => None,
-            Some(dir) => Some(sandstorm_datasets::TelemetryWriter::open(
-                dir,
-                sandstorm_datasets::WriterOptions::default(),
-            )?),
+            Some(dir) => {
+                let location = Location::parse("telemetry_dir", &dir.to_string_lossy())
+                    .map_err(|e| ServiceError::Config(e.to_string()))?;
+                let options = sandstorm_datasets::WriterOptions {
+                    spool_dir: config.telemetry_spool_dir.clone(),
+                    ..sandstorm_datasets::WriterOptions::default()
+                };
+                Some(sandstorm_datasets::TelemetryWriter::open_at(
+                    &location, options,
+                )?)
+            }
         };
         let engine = Engine::new();
         for (backend, availability) in engine.availability() {
@@ -137,6 +174,7 @@ impl Core {
             router: RwLock::new(Arc::new(router)),
             catalog,
             models_dir: config.models_dir.clone(),
+            remote_models,
             exploration: config.exploration,
             executor,
             runs: Registry::new(config.max_retained_runs),
@@ -166,7 +204,7 @@ impl Core {
     /// a model registry) and swaps it in; decisions in flight finish with the old models.
     /// Blocking (reads files).
     pub fn reload_models(&self) -> Result<String, ServiceError> {
-        let models = ModelSet::load(&resolve_models_dir(&self.models_dir)?)?;
+        let models = load_models(&self.models_dir, self.remote_models.as_ref())?;
         let version = models.version().to_owned();
         let router = Arc::new(router_for(
             &self.catalog,
@@ -187,6 +225,9 @@ impl Core {
         self: &Arc<Self>,
         every: Duration,
     ) -> Option<tokio::task::JoinHandle<()>> {
+        if let Some((remote, _)) = &self.remote_models {
+            return self.watch_remote_champion(remote.clone(), every);
+        }
         let pointer = self.models_dir.join(CHAMPION_FILE);
         if !pointer.is_file() {
             return None;
@@ -207,6 +248,63 @@ impl Core {
                 match tokio::task::spawn_blocking(move || core.reload_models()).await {
                     Ok(Ok(version)) => tracing::info!(%version, "new champion loaded"),
                     Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot load the new champion; keeping the current models")
+                    }
+                    Err(e) => tracing::error!(error = %e, "champion reload task failed"),
+                }
+            }
+        }))
+    }
+
+    /// [`Core::watch_champion`] of a registry in an object store: polls the `champion` object
+    /// (a small GET per tick, on a blocking thread); a store that cannot be reached is logged
+    /// and polled again.
+    fn watch_remote_champion(
+        self: &Arc<Self>,
+        remote: sandstorm_storage::Remote,
+        every: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut seen = match storage_models::read_champion(&remote) {
+            Ok(Some(version)) => Some(version),
+            Ok(None) => return None, // a plain model directory
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the champion pointer; polling it anyway");
+                None
+            }
+        };
+        let core = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let remote = remote.clone();
+                let now = match tokio::task::spawn_blocking(move || {
+                    storage_models::read_champion(&remote)
+                })
+                .await
+                {
+                    Ok(Ok(Some(version))) => Some(version),
+                    Ok(Ok(None)) => continue,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the champion pointer");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "champion poll task failed");
+                        continue;
+                    }
+                };
+                if now == seen {
+                    continue;
+                }
+                let core = Arc::clone(&core);
+                match tokio::task::spawn_blocking(move || core.reload_models()).await {
+                    Ok(Ok(version)) => {
+                        tracing::info!(%version, "new champion loaded");
+                        seen = now;
+                    }
+                    Ok(Err(e)) => {
+                        // Tried again at the next tick (a download may have failed).
                         tracing::error!(error = %e, "cannot load the new champion; keeping the current models")
                     }
                     Err(e) => tracing::error!(error = %e, "champion reload task failed"),

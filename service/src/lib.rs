@@ -9,7 +9,8 @@
 //! - Auth: API keys stored as SHA-256 in the [`Config`], mapped to tenants; tenants see only
 //!   their own runs; the `admin` scope publishes policies, reloads models and reads metrics.
 //!   Per-tenant rate limits (GCRA, `governor`) and concurrency limits answer 429.
-//! - Hot reload: `models_dir` may be a model registry (`sandstorm models`); the service then
+//! - Hot reload: `models_dir` may be a model registry (`sandstorm models`), local or in an
+//!   object store (`s3://...`, versions downloaded into a local cache); the service then
 //!   serves its champion and swaps models in when the `champion` pointer changes.
 //! - [`mcp`]: the same core as an MCP server over stdio (`rmcp`), with tools `route`, `run`,
 //!   `get_run`, `list_backends` and resources for run logs and results.
@@ -69,6 +70,9 @@ pub enum ServiceError {
     /// The telemetry directory could not be opened (or a dead writer's log recovered).
     #[error("telemetry: {0}")]
     Telemetry(#[from] sandstorm_datasets::DatasetsError),
+    /// A model or telemetry location in an object store failed (unreachable, missing).
+    #[error(transparent)]
+    Storage(#[from] sandstorm_storage::StorageError),
     /// The MCP transport failed.
     #[error("mcp server: {0}")]
     Mcp(String),

@@ -1,27 +1,76 @@
-//! Loads telemetry Parquet with DataFusion, in time order, as telemetry rows.
+//! Loads telemetry Parquet with DataFusion, in time order, as telemetry rows, from a local
+//! directory or an object store (the store is registered with the DataFusion session, which
+//! then reads the objects directly).
 
 use std::path::Path;
 
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use sandstorm_features::telemetry::{self, TelemetryRecord};
+use sandstorm_storage::Location;
 
 use crate::TrainerError;
 
 /// Reads every `*.parquet` file under `dir` ordered by request time.
 pub(crate) fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, TrainerError> {
-    if !dir.is_dir() {
-        return Err(TrainerError::Input(format!(
-            "telemetry directory {} does not exist",
-            dir.display()
-        )));
+    load_telemetry_at(&Location::Local(dir.to_owned()))
+}
+
+/// Checks that `location` holds telemetry Parquet; `hint` ends the error when it holds none.
+pub(crate) fn check_location(location: &Location, hint: &str) -> Result<(), TrainerError> {
+    match location {
+        Location::Local(dir) => {
+            if !dir.is_dir() {
+                return Err(TrainerError::Input(format!(
+                    "telemetry directory {} does not exist",
+                    dir.display()
+                )));
+            }
+            if !has_parquet(dir) {
+                return Err(TrainerError::Input(format!(
+                    "no .parquet files under {}{hint}",
+                    dir.display()
+                )));
+            }
+        }
+        Location::Remote(remote) => {
+            if !remote.list()?.iter().any(|o| o.name.ends_with(".parquet")) {
+                return Err(TrainerError::Input(format!(
+                    "no .parquet objects under {}{hint}",
+                    remote.url()
+                )));
+            }
+        }
     }
-    if !has_parquet(dir) {
-        return Err(TrainerError::Input(format!(
-            "no .parquet files under {}",
-            dir.display()
-        )));
-    }
+    Ok(())
+}
+
+/// Registers the telemetry at `location` as table `table` of `ctx` (for an object store, the
+/// store first, under its `s3://bucket` URL).
+pub(crate) async fn register(
+    ctx: &SessionContext,
+    table: &str,
+    location: &Location,
+) -> Result<(), TrainerError> {
+    let url = match location {
+        Location::Local(dir) => format!("{}/", dir.display()),
+        Location::Remote(remote) => {
+            let store_url = ObjectStoreUrl::parse(remote.store_url())?;
+            ctx.register_object_store(store_url.as_ref(), remote.store());
+            format!("{}/", remote.url())
+        }
+    };
+    ctx.register_parquet(table, &url, ParquetReadOptions::default())
+        .await?;
+    Ok(())
+}
+
+/// Reads every `*.parquet` file or object at `location` ordered by request time.
+pub(crate) fn load_telemetry_at(location: &Location) -> Result<Vec<TelemetryRecord>, TrainerError> {
+    check_location(location, "")?;
+    // Timers and I/O: an object store's client needs them.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| TrainerError::Internal(e.to_string()))?;
     let batches = runtime.block_on(async {
@@ -31,18 +80,18 @@ pub(crate) fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, Trainer
             false,
         );
         let ctx = SessionContext::new_with_config(config);
-        let location = format!("{}/", dir.display());
-        ctx.register_parquet("telemetry", &location, ParquetReadOptions::default())
-            .await?;
-        ctx.sql("SELECT * FROM telemetry ORDER BY ts_request_us, run_id, attempt")
-            .await?
-            .collect()
-            .await
+        register(&ctx, "telemetry", location).await?;
+        Ok::<_, TrainerError>(
+            ctx.sql("SELECT * FROM telemetry ORDER BY ts_request_us, run_id, attempt")
+                .await?
+                .collect()
+                .await?,
+        )
     })?;
     let mut rows = Vec::new();
     for batch in &batches {
         telemetry::check_schema(batch.schema_ref())
-            .map_err(|e| TrainerError::Input(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| TrainerError::Input(format!("{location}: {e}")))?;
         rows.extend(telemetry::from_record_batch(batch)?);
     }
     Ok(rows)

@@ -78,6 +78,10 @@ pub enum TrainerError {
     /// back to, ...).
     #[error("{0}")]
     Registry(String),
+    /// A telemetry or registry location that cannot be parsed, or an object store that
+    /// failed.
+    #[error(transparent)]
+    Storage(#[from] sandstorm_storage::StorageError),
     /// A bug in Sandstorm.
     #[error("internal error: {0}")]
     Internal(String),
@@ -185,6 +189,14 @@ pub fn train(
 /// Reads every `*.parquet` telemetry file under `dir`, ordered by request time.
 pub fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, TrainerError> {
     data::load_telemetry(dir)
+}
+
+/// Reads the telemetry at `location` (a local directory or an object-store prefix), ordered
+/// by request time.
+pub fn load_telemetry_at(
+    location: &sandstorm_storage::Location,
+) -> Result<Vec<TelemetryRecord>, TrainerError> {
+    data::load_telemetry_at(location)
 }
 
 /// Executed rows of `records` in time order.

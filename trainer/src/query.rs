@@ -12,8 +12,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use sandstorm_features::telemetry;
+use sandstorm_storage::Location;
 
 use crate::TrainerError;
 
@@ -87,12 +88,24 @@ impl std::str::FromStr for Report {
 /// Runs `sql` over the telemetry under `dir`. Bad SQL (syntax, unknown column or function,
 /// type errors) is a [`TrainerError::Query`] carrying DataFusion's message.
 pub fn query_telemetry(dir: &Path, sql: &str) -> Result<QueryOutput, TrainerError> {
+    query_location(&Location::Local(dir.to_owned()), sql)
+}
+
+/// [`query_telemetry`] over the telemetry at `location`: a local directory or an
+/// object-store prefix (`s3://bucket/prefix`, registered with the DataFusion session).
+pub fn query_location(location: &Location, sql: &str) -> Result<QueryOutput, TrainerError> {
+    crate::data::check_location(
+        location,
+        " (rows still in a writer's log appear once it compacts; `sandstorm telemetry compact` \
+         recovers logs of writers that died)",
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .map_err(|e| TrainerError::Internal(e.to_string()))?;
     runtime.block_on(async {
-        let ctx = session(dir).await?;
+        let ctx = session(location).await?;
         let frame = ctx.sql(sql).await.map_err(user_error)?;
         let schema: SchemaRef = Arc::clone(frame.schema().inner());
         let batches = frame.collect().await.map_err(user_error)?;
@@ -100,29 +113,14 @@ pub fn query_telemetry(dir: &Path, sql: &str) -> Result<QueryOutput, TrainerErro
     })
 }
 
-/// A DataFusion session with `dir`'s telemetry registered as table [`TABLE`].
-async fn session(dir: &Path) -> Result<SessionContext, TrainerError> {
-    if !dir.is_dir() {
-        return Err(TrainerError::Input(format!(
-            "telemetry directory {} does not exist",
-            dir.display()
-        )));
-    }
-    if !crate::data::has_parquet(dir) {
-        return Err(TrainerError::Input(format!(
-            "no .parquet files under {} (rows still in a writer's log appear once it compacts; \
-             `sandstorm telemetry compact` recovers logs of writers that died)",
-            dir.display()
-        )));
-    }
+/// A DataFusion session with the telemetry at `location` registered as table [`TABLE`].
+async fn session(location: &Location) -> Result<SessionContext, TrainerError> {
     let config = SessionConfig::new().set_bool(
         "datafusion.execution.parquet.schema_force_view_types",
         false,
     );
     let ctx = SessionContext::new_with_config(config);
-    let location = format!("{}/", dir.display());
-    ctx.register_parquet(TABLE, &location, ParquetReadOptions::default())
-        .await?;
+    crate::data::register(&ctx, TABLE, location).await?;
     Ok(ctx)
 }
 
@@ -222,6 +220,15 @@ pub fn report_telemetry(
     by: &[String],
 ) -> Result<QueryOutput, TrainerError> {
     query_telemetry(dir, &report_sql(report, by)?)
+}
+
+/// Runs a named report over the telemetry at `location`.
+pub fn report_location(
+    location: &Location,
+    report: Report,
+    by: &[String],
+) -> Result<QueryOutput, TrainerError> {
+    query_location(location, &report_sql(report, by)?)
 }
 
 fn groupable(t: &DataType) -> bool {

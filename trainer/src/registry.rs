@@ -15,6 +15,14 @@
 //!     mlflow/<role>/model.lgb   the LightGBM text model
 //! ```
 //!
+//! The registry may live in an object store (`s3://bucket/registry`, [`Registry::open_at`])
+//! with the same layout: a version is uploaded whole with `metadata.json` last (a version
+//! without it is incomplete and ignored), the decision is appended to `promotions.jsonl`
+//! (read, append, put: one promoter at a time), and the `champion` object is put last, so a
+//! reader that sees a new champion finds its version complete and its decision recorded.
+//! Versions are downloaded into a local cache to be evaluated
+//! ([`sandstorm_storage::models`]).
+//!
 //! Primary metric per model (lower is better): `latency_p50` `mae_ms`, `latency_p95`
 //! `pinball_loss_ms`, `cost` `mae_usd`, `failure` `logloss`. With relative improvements
 //! `r = (champion - challenger) / champion`, a challenger is promoted when the mean `r` over
@@ -34,6 +42,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest as _;
 use time::OffsetDateTime;
+
+use sandstorm_storage::{Location, Remote, models};
 
 use crate::{TrainerError, actual_values, executed, holdout_metrics, predict, rfc3339, select};
 
@@ -111,10 +121,13 @@ pub struct VersionInfo {
     pub champion: bool,
 }
 
-/// A registry rooted at a directory.
+/// A registry rooted at a directory or an object-store prefix.
 #[derive(Debug, Clone)]
 pub struct Registry {
+    /// The registry directory; for an object store, the local cache of downloaded versions.
     root: PathBuf,
+    /// The object store holding the registry, if it is not local.
+    remote: Option<Remote>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
@@ -138,11 +151,41 @@ impl Registry {
         std::fs::create_dir_all(root).map_err(io(root))?;
         Ok(Self {
             root: root.to_path_buf(),
+            remote: None,
         })
     }
 
+    /// Opens the registry at `location`: a local directory ([`Registry::open`]) or an object
+    /// store, whose versions are downloaded into `cache` (default:
+    /// [`models::default_models_cache`]) when they are evaluated.
+    pub fn open_at(location: &Location, cache: Option<&Path>) -> Result<Self, TrainerError> {
+        match location {
+            Location::Local(dir) => Self::open(dir),
+            Location::Remote(remote) => Ok(Self {
+                root: cache.map_or_else(|| models::default_models_cache(remote), Path::to_path_buf),
+                remote: Some(remote.clone()),
+            }),
+        }
+    }
+
+    /// The registry directory (for an object store: the local cache of its versions).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the registry is, for messages: its directory or URL.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(remote) => remote.url(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    /// Object `name` of a remote registry as text, `None` when missing.
+    fn remote_text(remote: &Remote, name: &str) -> Result<Option<String>, TrainerError> {
+        Ok(remote
+            .get(name)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The directory of `version`.
@@ -152,12 +195,25 @@ impl Registry {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && !version.starts_with('.');
+        let missing = || {
+            TrainerError::Registry(format!(
+                "no version `{version}` in registry {}",
+                self.location()
+            ))
+        };
+        if let Some(remote) = &self.remote {
+            if !valid {
+                return Err(missing());
+            }
+            return match models::fetch_model_dir(&remote.child(version), &self.root) {
+                Ok(dir) => Ok(dir),
+                Err(sandstorm_storage::StorageError::NotFound(_)) => Err(missing()),
+                Err(e) => Err(e.into()),
+            };
+        }
         let dir = self.root.join(version);
         if !valid || !dir.join(METADATA_FILE).is_file() {
-            return Err(TrainerError::Registry(format!(
-                "no version `{version}` in registry {}",
-                self.root.display()
-            )));
+            return Err(missing());
         }
         Ok(dir)
     }
@@ -168,6 +224,9 @@ impl Registry {
     pub fn register(&self, model_dir: &Path) -> Result<String, TrainerError> {
         let meta = read_metadata(model_dir)?;
         let version = meta.version.clone();
+        if let Some(remote) = &self.remote {
+            return self.register_remote(remote, model_dir, &meta);
+        }
         let dest = self.root.join(&version);
         if dest.join(METADATA_FILE).is_file() {
             return Ok(version);
@@ -179,13 +238,64 @@ impl Registry {
         copy_dir(model_dir, &tmp)?;
         write_mlflow(&tmp, &meta)?;
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        tracing::info!(%version, registry = %self.root.display(), "registered model set");
+        tracing::info!(%version, registry = %self.location(), "registered model set");
+        Ok(version)
+    }
+
+    /// Uploads a model directory (with its MLflow models, built in a local temporary
+    /// directory) as `<version>/`, `metadata.json` last.
+    fn register_remote(
+        &self,
+        remote: &Remote,
+        model_dir: &Path,
+        meta: &ModelMetadata,
+    ) -> Result<String, TrainerError> {
+        let version = meta.version.clone();
+        let target = remote.child(&version);
+        if target.get(METADATA_FILE)?.is_some() {
+            return Ok(version);
+        }
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let tmp = self
+            .root
+            .join(format!(".register-{}", uuid::Uuid::new_v4().simple()));
+        let uploaded = copy_dir(model_dir, &tmp)
+            .and_then(|()| write_mlflow(&tmp, meta))
+            .and_then(|()| Ok(target.upload_dir(&tmp, METADATA_FILE)?));
+        let _ = std::fs::remove_dir_all(&tmp);
+        uploaded?;
+        tracing::info!(%version, registry = %remote.url(), "registered model set");
         Ok(version)
     }
 
     /// Every version, oldest first.
     pub fn versions(&self) -> Result<Vec<VersionInfo>, TrainerError> {
         let champion = self.champion()?;
+        if let Some(remote) = &self.remote {
+            let mut out = Vec::new();
+            for name in remote.list_dirs()? {
+                if name.starts_with('.') {
+                    continue;
+                }
+                let version = remote.child(&name);
+                let Some(text) = Self::remote_text(&version, METADATA_FILE)? else {
+                    continue; // incomplete upload
+                };
+                let metadata: ModelMetadata = serde_json::from_str(&text).map_err(|e| {
+                    TrainerError::Input(format!("{}: {e}", version.object_url(METADATA_FILE)))
+                })?;
+                out.push(VersionInfo {
+                    champion: champion.as_deref() == Some(name.as_str()),
+                    dir: PathBuf::from(version.url()),
+                    version: name,
+                    metadata,
+                });
+            }
+            out.sort_by(|a, b| {
+                (&a.metadata.created_at, &a.version).cmp(&(&b.metadata.created_at, &b.version))
+            });
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
             let entry = entry.map_err(io(&self.root))?;
@@ -210,6 +320,9 @@ impl Registry {
 
     /// The champion's version, if any.
     pub fn champion(&self) -> Result<Option<String>, TrainerError> {
+        if let Some(remote) = &self.remote {
+            return Ok(models::read_champion(remote)?);
+        }
         let path = self.root.join(CHAMPION_FILE);
         match std::fs::read_to_string(&path) {
             Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
@@ -226,11 +339,19 @@ impl Registry {
 
     /// Every recorded decision, oldest first.
     pub fn history(&self) -> Result<Vec<Decision>, TrainerError> {
-        let path = self.root.join(PROMOTIONS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&path)(e)),
+        let (path, text) = match &self.remote {
+            Some(remote) => match Self::remote_text(remote, PROMOTIONS_FILE)? {
+                Some(t) => (PathBuf::from(remote.object_url(PROMOTIONS_FILE)), t),
+                None => return Ok(Vec::new()),
+            },
+            None => {
+                let path = self.root.join(PROMOTIONS_FILE);
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => (path, t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
         };
         text.lines()
             .filter(|l| !l.trim().is_empty())
@@ -322,10 +443,12 @@ impl Registry {
             window: Some(window),
             comparisons,
         };
+        // The decision is recorded first and the pointer moved last: whoever sees the new
+        // champion finds its decision in the log.
+        self.record(&decision)?;
         if promoted {
             self.set_champion(challenger)?;
         }
-        self.record(&decision)?;
         Ok(decision)
     }
 
@@ -362,13 +485,17 @@ impl Registry {
             window: None,
             comparisons: BTreeMap::new(),
         };
-        self.set_champion(&target)?;
         self.record(&decision)?;
+        self.set_champion(&target)?;
         Ok(decision)
     }
 
     /// Writes the champion pointer atomically (temporary file, fsync, rename).
     fn set_champion(&self, version: &str) -> Result<(), TrainerError> {
+        if let Some(remote) = &self.remote {
+            // One put: atomic on object stores.
+            return Ok(remote.put(CHAMPION_FILE, format!("{version}\n"))?);
+        }
         let path = self.root.join(CHAMPION_FILE);
         let tmp = self.root.join(format!(".{CHAMPION_FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -379,8 +506,18 @@ impl Registry {
     }
 
     fn record(&self, d: &Decision) -> Result<(), TrainerError> {
-        let path = self.root.join(PROMOTIONS_FILE);
         let line = serde_json::to_string(d).map_err(|e| TrainerError::Internal(e.to_string()))?;
+        if let Some(remote) = &self.remote {
+            // Object stores cannot append: read, append, put the whole log.
+            let mut text = Self::remote_text(remote, PROMOTIONS_FILE)?.unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+            text.push('\n');
+            return Ok(remote.put(PROMOTIONS_FILE, text)?);
+        }
+        let path = self.root.join(PROMOTIONS_FILE);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

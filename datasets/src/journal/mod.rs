@@ -25,6 +25,13 @@
 //!   compacted Parquet only; `.wal` is hidden from them. A row becomes visible at most
 //!   `max_segment_age` (plus one compaction) after it was acknowledged, or when its writer
 //!   closes, or when the next writer recovers it after a crash.
+//! * **Object stores.** On an object-store location ([`TelemetryWriter::open_at`] with an
+//!   `s3://` [`Location`]) the write-ahead log and the compaction stay in a local **spool**
+//!   directory ([`WriterOptions::spool_dir`], default [`default_spool_dir`]), and every
+//!   compacted Parquet file is then *published*: put to the store under the same name
+//!   (`date=YYYY-MM-DD/part-<writer>-<segment>.parquet`), and deleted locally only after the
+//!   put succeeded. Names derive from (writer, segment), so a crash between put and delete
+//!   makes the next writer put the same object again, replacing it: no row lost or doubled.
 
 mod compact;
 mod segment;
@@ -39,6 +46,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use sandstorm_features::telemetry::{self, TelemetryRecord};
+use sandstorm_storage::{Location, Remote, StorageError};
 
 use crate::error::DatasetsError;
 use compact::compact_segment;
@@ -62,6 +70,10 @@ pub struct WriterOptions {
     /// segments are compacted only by [`TelemetryWriter::compact`] and
     /// [`TelemetryWriter::close`].
     pub background: bool,
+    /// With an object-store location: the local directory that holds the write-ahead log and
+    /// the Parquet files not yet published (default: [`default_spool_dir`]). It must be on a
+    /// local file system with `fsync`, and each location should have its own.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for WriterOptions {
@@ -71,6 +83,7 @@ impl Default for WriterOptions {
             max_segment_age: Duration::from_secs(60),
             commit_delay: Duration::ZERO,
             background: true,
+            spool_dir: None,
         }
     }
 }
@@ -117,37 +130,19 @@ pub struct Recovery {
     pub files: Vec<PathBuf>,
 }
 
-/// The local directory of a telemetry location: a path, or a `file://` URL. Other URL schemes
-/// (object stores) are refused with an error: the write-ahead log needs a local file system.
-pub fn telemetry_path(location: &str) -> Result<PathBuf, DatasetsError> {
-    let unsupported = |message: String| DatasetsError::UnsupportedLocation {
-        location: location.to_owned(),
-        message,
-    };
-    let Some((scheme, rest)) = location.split_once("://") else {
-        if location.is_empty() {
-            return Err(unsupported("the location is empty".to_owned()));
-        }
-        return Ok(PathBuf::from(location));
-    };
-    if !scheme.eq_ignore_ascii_case("file") {
-        return Err(unsupported(format!(
-            "scheme `{scheme}` is not supported: telemetry is written to a local directory \
-             (a path or a file:// url) because its write-ahead log needs fsync"
-        )));
-    }
-    let path = rest.strip_prefix("localhost").unwrap_or(rest);
-    if !path.starts_with('/') {
-        return Err(unsupported(
-            "a file:// url needs an absolute path, e.g. file:///var/telemetry".to_owned(),
-        ));
-    }
-    if path.contains('%') {
-        return Err(unsupported(
-            "percent-encoded file:// urls are not supported; give the path instead".to_owned(),
-        ));
-    }
-    Ok(PathBuf::from(path))
+/// Parses a telemetry location given for `what` (a flag or field, named in errors): a
+/// directory path, a `file://` URL or an `s3://` URL (docs/telemetry.md).
+pub fn telemetry_location(what: &str, location: &str) -> Result<Location, DatasetsError> {
+    Ok(Location::parse(what, location)?)
+}
+
+/// The default spool directory of object-store location `remote`:
+/// `<cache dir>/telemetry-spool/<slug of the URL>`, where the cache directory is
+/// `$SANDSTORM_CACHE_DIR`, `$XDG_CACHE_HOME/sandstorm` or `~/.cache/sandstorm`.
+pub fn default_spool_dir(remote: &Remote) -> PathBuf {
+    sandstorm_storage::default_cache_dir()
+        .join("telemetry-spool")
+        .join(sandstorm_storage::slug(&remote.url()))
 }
 
 /// The one writer of telemetry rows: `Send + Sync`, shared by every thread that appends.
@@ -174,6 +169,8 @@ struct Inner {
     commits: AtomicU64,
     rows: AtomicU64,
     segments_compacted: AtomicU64,
+    /// The object store compacted files are published to (`None`: `root` is the telemetry).
+    publish: Option<Remote>,
     /// Held (flock) for the writer's lifetime: tells other processes this WAL is alive.
     _lock: File,
 }
@@ -216,10 +213,43 @@ impl TelemetryWriter {
     /// Opens a writer on telemetry directory `root` (created when missing), after recovering
     /// the write-ahead logs of writers that died without closing.
     pub fn open(root: &Path, options: WriterOptions) -> Result<Self, DatasetsError> {
+        Self::open_inner(root, options, None)
+    }
+
+    /// Opens a writer on `location`: a local directory ([`TelemetryWriter::open`]) or an
+    /// object store, whose writer spools locally and publishes compacted Parquet (module
+    /// documentation). Opening publishes whatever an earlier writer on the same spool left
+    /// unpublished.
+    pub fn open_at(location: &Location, options: WriterOptions) -> Result<Self, DatasetsError> {
+        match location {
+            Location::Local(dir) => Self::open(dir, options),
+            Location::Remote(remote) => {
+                let spool = options
+                    .spool_dir
+                    .clone()
+                    .unwrap_or_else(|| default_spool_dir(remote));
+                tracing::info!(to = %remote.url(), spool = %spool.display(), "telemetry spools locally and publishes to an object store");
+                Self::open_inner(&spool, options, Some(remote.clone()))
+            }
+        }
+    }
+
+    fn open_inner(
+        root: &Path,
+        options: WriterOptions,
+        publish: Option<Remote>,
+    ) -> Result<Self, DatasetsError> {
         std::fs::create_dir_all(root).map_err(|e| DatasetsError::io(root, e))?;
         let wal_root = root.join(WAL_DIR);
         std::fs::create_dir_all(&wal_root).map_err(|e| DatasetsError::io(&wal_root, e))?;
-        let recovery = recover(root, &wal_root)?;
+        let mut recovery = recover(root, &wal_root)?;
+        if let Some(remote) = &publish {
+            // Recovered parts, and parts an earlier writer compacted but did not publish.
+            let published = publish_pending(root, remote)?;
+            if !recovery.files.is_empty() || !published.is_empty() {
+                recovery.files = published;
+            }
+        }
 
         let writer_id = uuid::Uuid::new_v4().simple().to_string();
         let wal_dir = wal_root.join(&writer_id);
@@ -264,6 +294,7 @@ impl TelemetryWriter {
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             segments_compacted: AtomicU64::new(0),
+            publish,
             _lock: lock_file,
         });
         let worker = if inner.options.background {
@@ -284,14 +315,24 @@ impl TelemetryWriter {
         })
     }
 
-    /// Opens a writer on a location given as a path or `file://` URL ([`telemetry_path`]).
+    /// Opens a writer on a location given as a path, `file://` or `s3://` URL
+    /// ([`telemetry_location`]; the S3 client is configured from the `AWS_*` environment).
     pub fn open_location(location: &str, options: WriterOptions) -> Result<Self, DatasetsError> {
-        Self::open(&telemetry_path(location)?, options)
+        Self::open_at(
+            &telemetry_location("telemetry location", location)?,
+            options,
+        )
     }
 
-    /// The telemetry directory.
+    /// The local directory of the writer: the telemetry directory, or the spool of an
+    /// object-store location.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The object store compacted files are published to, if any.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.inner.publish.as_ref()
     }
 
     /// What opening recovered from dead writers.
@@ -330,7 +371,7 @@ impl TelemetryWriter {
     }
 
     /// Seals the active segment and compacts every sealed segment into Parquet now; returns
-    /// the files written.
+    /// the files written (on an object store: the URLs of the objects published).
     pub fn flush(&self) -> Result<Vec<PathBuf>, DatasetsError> {
         self.inner.roll(false);
         self.inner.compact()
@@ -505,8 +546,21 @@ impl Inner {
         }
     }
 
-    /// Compacts every sealed segment, oldest first.
+    /// Compacts every sealed segment, oldest first; on an object store, then publishes every
+    /// compacted file of the spool (also those a failed publication left) and returns their
+    /// URLs.
     fn compact(&self) -> Result<Vec<PathBuf>, DatasetsError> {
+        let files = self.compact_local()?;
+        match &self.publish {
+            None => Ok(files),
+            Some(remote) => {
+                let _compacting = lock(&self.compacting);
+                publish_pending(&self.root, remote)
+            }
+        }
+    }
+
+    fn compact_local(&self) -> Result<Vec<PathBuf>, DatasetsError> {
         let _compacting = lock(&self.compacting);
         let mut sealed = std::mem::take(&mut lock(&self.work).sealed);
         sealed.sort_unstable();
@@ -623,6 +677,64 @@ fn remove_wal_dir(dir: &Path) -> Result<(), DatasetsError> {
     Ok(())
 }
 
+/// Publishes every compacted Parquet file of spool `root` (`date=*/part-*.parquet`, oldest
+/// partition first) to `remote` under the same name, deleting each local file only after its
+/// put succeeded; returns the URLs of the objects. The names are deterministic, so a file put
+/// again after a crash replaces its object. Another process publishing the same spool at the
+/// same time is harmless: both put the same bytes, and a file already gone is skipped.
+fn publish_pending(root: &Path, remote: &Remote) -> Result<Vec<PathBuf>, DatasetsError> {
+    let mut partitions = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(|e| DatasetsError::io(root, e))? {
+        let entry = entry.map_err(|e| DatasetsError::io(root, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("date=") && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            partitions.push(name);
+        }
+    }
+    partitions.sort();
+    let mut published = Vec::new();
+    for partition in partitions {
+        let dir = root.join(&partition);
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| DatasetsError::io(&dir, e))? {
+            let entry = entry.map_err(|e| DatasetsError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && name.ends_with(".parquet") {
+                files.push(name);
+            }
+        }
+        if files.is_empty() {
+            continue;
+        }
+        files.sort();
+        for file in files {
+            let path = dir.join(&file);
+            let object = format!("{partition}/{file}");
+            match remote.put_file(&object, &path) {
+                Ok(()) => {}
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue; // published and deleted by another writer on this spool
+                }
+                Err(e) => return Err(e.into()),
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DatasetsError::io(&path, e)),
+            }
+            tracing::debug!(object = %remote.object_url(&object), "published telemetry file");
+            published.push(PathBuf::from(remote.object_url(&object)));
+        }
+        sync_dir(&dir)?;
+    }
+    if !published.is_empty() {
+        tracing::info!(to = %remote.url(), files = published.len(), "published telemetry");
+    }
+    Ok(published)
+}
+
 /// Recovers the WAL directories under `wal_root` whose writer is dead (their LOCK is free).
 fn recover(root: &Path, wal_root: &Path) -> Result<Recovery, DatasetsError> {
     let mut recovery = Recovery::default();
@@ -708,27 +820,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locations_are_paths_or_file_urls() {
+    fn locations_name_the_flag_and_the_supported_schemes() {
         assert_eq!(
-            telemetry_path("runs/telemetry").expect("path"),
-            PathBuf::from("runs/telemetry")
+            telemetry_location("--telemetry", "file:///var/telemetry")
+                .expect("file url")
+                .as_local(),
+            Some(Path::new("/var/telemetry"))
         );
-        assert_eq!(
-            telemetry_path("file:///var/telemetry").expect("file url"),
-            PathBuf::from("/var/telemetry")
-        );
-        assert_eq!(
-            telemetry_path("file://localhost/var/t").expect("file url"),
-            PathBuf::from("/var/t")
-        );
-        let err = telemetry_path("s3://bucket/telemetry").expect_err("s3");
+        let err = telemetry_location("--telemetry", "gs://bucket/telemetry").expect_err("gs");
         assert!(err.is_user_error());
+        let message = err.to_string();
         assert!(
-            err.to_string().contains("scheme `s3` is not supported"),
-            "{err}"
+            message.contains("--telemetry") && message.contains("scheme `gs`"),
+            "{message}"
         );
-        let err = telemetry_path("file://relative/x").expect_err("relative");
-        assert!(err.to_string().contains("absolute path"), "{err}");
-        assert!(telemetry_path("").is_err());
+        let remote = telemetry_location("--telemetry", "s3://bucket/t").expect("s3");
+        let spool = default_spool_dir(remote.as_remote().expect("remote"));
+        assert!(
+            spool.ends_with(sandstorm_storage::slug("s3://bucket/t")),
+            "{}",
+            spool.display()
+        );
     }
 }
