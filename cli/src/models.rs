@@ -45,6 +45,17 @@ pub(crate) struct TrainTuning {
     /// With --ipw: weights above this are clipped to it (default 20, or the file's).
     #[arg(long, requires = "ipw")]
     ipw_max_weight: Option<f64>,
+    /// Train only on rows requested at or after this date (2026-11-01) or RFC 3339 time
+    /// (`[data] since`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Train only on rows requested before this date or time (`[data] until`).
+    #[arg(long)]
+    until: Option<String>,
+    /// Train only on rows for which this polars SQL predicate holds, e.g.
+    /// "provider != 'local' AND attempt = 0" (`[data] filter`).
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 impl TrainTuning {
@@ -78,6 +89,15 @@ impl TrainTuning {
             }
             cfg.ipw = Some(ipw);
         }
+        if let Some(v) = &self.since {
+            cfg.data.set_since(v)?;
+        }
+        if let Some(v) = &self.until {
+            cfg.data.set_until(v)?;
+        }
+        if let Some(v) = &self.filter {
+            cfg.data.filter = Some(v.clone());
+        }
         cfg.progress = true;
         Ok(cfg)
     }
@@ -101,6 +121,18 @@ pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -
         );
         if let Some(html) = &report.report_html {
             println!("report: {}", html.display());
+        }
+        if let Some(d) = &report.data {
+            println!(
+                "telemetry: {} rows selected ({} in {} of {} Parquet files, {} in the window, {} after the filter, {} after dedupe)",
+                d.rows,
+                d.rows_scanned,
+                d.files_scanned,
+                d.files,
+                d.rows_in_window,
+                d.rows_after_filter,
+                d.rows_after_dedupe
+            );
         }
         if let Some(w) = &report.weighting {
             println!(
