@@ -214,21 +214,7 @@ pub fn select(dir: &Path, selection: &DataSelection) -> Result<Selected, Trainer
     }
     summary.rows_scanned = count(scan.clone()).map_err(polars_err)?;
 
-    // The window: a plain column-against-literal predicate, which polars pushes into the scan.
-    let mut frame = scan;
-    let time = || col(TIME_COLUMN);
-    let micros = |us: i64| {
-        lit(us).cast(DataType::Datetime(
-            TimeUnit::Microseconds,
-            Some(TimeZone::UTC),
-        ))
-    };
-    if let Some(s) = selection.since_us {
-        frame = frame.filter(time().gt_eq(micros(s)));
-    }
-    if let Some(u) = selection.until_us {
-        frame = frame.filter(time().lt(micros(u)));
-    }
+    let mut frame = windowed(scan, selection.since_us, selection.until_us);
     summary.rows_in_window = if selection.since_us.is_some() || selection.until_us.is_some() {
         count(frame.clone()).map_err(polars_err)?
     } else {
@@ -331,6 +317,25 @@ fn scan(files: &[PathBuf]) -> PolarsResult<LazyFrame> {
         ..ScanArgsParquet::default()
     };
     LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
+}
+
+/// `frame` inside `[since, until)`: a plain column-against-literal predicate, which polars
+/// pushes into the Parquet scan (row groups outside it are skipped by their statistics).
+fn windowed(mut frame: LazyFrame, since: Option<i64>, until: Option<i64>) -> LazyFrame {
+    let time = || col(TIME_COLUMN);
+    let micros = |us: i64| {
+        lit(us).cast(DataType::Datetime(
+            TimeUnit::Microseconds,
+            Some(TimeZone::UTC),
+        ))
+    };
+    if let Some(s) = since {
+        frame = frame.filter(time().gt_eq(micros(s)));
+    }
+    if let Some(u) = until {
+        frame = frame.filter(time().lt(micros(u)));
+    }
+    frame
 }
 
 /// Rows of `frame`; polars reads only what it needs (no column for a bare scan, the
@@ -564,6 +569,30 @@ mod tests {
         assert!(s.files > s.files_scanned, "{s:?}");
         assert_eq!(s.rows_in_window, want.len());
         assert_eq!(s.since.as_deref(), Some(rfc3339_us(since).as_str()));
+    }
+
+    #[test]
+    fn the_window_is_pushed_into_the_parquet_scan() {
+        let (dir, _) = telemetry(60, 2);
+        let files: Vec<PathBuf> = parquet_files(dir.path())
+            .expect("files")
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let frame = windowed(scan(&files).expect("scan"), Some(1), Some(2));
+        let plan = frame.clone().explain(true).expect("plan");
+        // No filter above the scan: the predicate is the scan's own selection.
+        assert!(!plan.contains("FILTER"), "{plan}");
+        assert!(
+            plan.contains("SELECTION") && plan.contains("ts_request_us"),
+            "{plan}"
+        );
+        // Counting the window reads one column.
+        let plan = frame
+            .select([len().alias("n")])
+            .explain(true)
+            .expect("plan");
+        assert!(plan.contains("PROJECT 1/"), "{plan}");
     }
 
     #[test]

@@ -202,14 +202,14 @@ fn time_order(mut rows: Vec<TelemetryRecord>) -> Vec<TelemetryRecord> {
 /// Writes `rows` as the two layouts of a telemetry directory: the first `root` rows as an
 /// older root file, the rest through the writer into `date=YYYY-MM-DD/` partitions.
 fn write_telemetry(dir: &Path, rows: &[TelemetryRecord], root: usize) {
-    sandstorm_datasets::append_records(dir, &rows[..root]).unwrap();
+    sandstorm_datasets::append_records(dir, &rows[..root]).expect("write the root file");
     let options = WriterOptions {
         background: false,
         ..WriterOptions::default()
     };
-    let writer = TelemetryWriter::open(dir, options).unwrap();
-    writer.append_all(&rows[root..]).unwrap();
-    writer.close().unwrap();
+    let writer = TelemetryWriter::open(dir, options).expect("open the writer");
+    writer.append_all(&rows[root..]).expect("append");
+    writer.close().expect("close the writer (compaction)");
 }
 
 fn assert_same_rows(what: &str, got: &[TelemetryRecord], want: &[TelemetryRecord]) {
