@@ -403,3 +403,64 @@ fn trains_on_the_data_selection_of_train_toml() {
         "{err}"
     );
 }
+
+/// The `[data]` example of docs/training.md, verbatim (times moved to the simulated period),
+/// reads, runs and keeps exactly the rows it describes.
+#[test]
+fn the_documented_data_example_selects_what_it_says() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/training.md"))
+            .expect("docs/training.md");
+    let start = docs
+        .find("```toml\n[data]\nsince")
+        .expect("the [data] example")
+        + 8;
+    let example = &docs[start..start + docs[start..].find("```").expect("end of the example")];
+    let example = example
+        .replace("2026-11-01", "2026-01-06")
+        .replace("2026-12-01T12:00:00Z", "2026-01-09T12:00:00Z");
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("train.toml");
+    std::fs::write(&toml, &example).unwrap();
+    let config = TrainConfig::default().with_file(&toml).unwrap();
+
+    let sim = SimulatorConfig {
+        rows: 3000,
+        seed: 4,
+        days: 8,
+        ..Default::default()
+    };
+    let rows: Vec<TelemetryRecord> = simulate(&Catalog::default_catalog(), &sim).collect();
+    let dir = tmp.path().join("telemetry");
+    write_telemetry(&dir, &rows, 100);
+    let got = select_telemetry(&dir, &config.data).unwrap();
+
+    let (since, until) = (1_767_657_600_000_000, 1_767_960_000_000_000); // 01-06, 01-09T12Z
+    let ordered = time_order(rows);
+    let kept: Vec<&TelemetryRecord> = ordered
+        .iter()
+        .filter(|r| {
+            (since..until).contains(&r.ts_request_us)
+                && r.provider != "local"
+                && r.attempt == 0
+                && matches!(
+                    r.status,
+                    RunStatus::Ok | RunStatus::Failed | RunStatus::Timeout
+                )
+        })
+        .collect();
+    // dedupe_by = ["decision_id"]: the last row of each decision.
+    let mut last = std::collections::BTreeMap::new();
+    for (i, r) in kept.iter().enumerate() {
+        last.insert(r.decision_id.as_str(), i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    let want: Vec<TelemetryRecord> = keep.iter().map(|&i| kept[i].clone()).collect();
+    assert!(want.len() > 100, "{} rows", want.len());
+    assert_same_rows("documented example", &got.records, &want);
+    let s = &got.summary;
+    assert_eq!(s.columns.len(), 2);
+    assert_eq!(s.max_rows, Some(200_000));
+    assert!(s.files_scanned < s.files, "{s:?}");
+}
