@@ -47,6 +47,17 @@ pub(crate) struct TrainTuning {
     /// With --ipw: weights above this are clipped to it (default 20, or the file's).
     #[arg(long, requires = "ipw")]
     ipw_max_weight: Option<f64>,
+    /// Train only on rows requested at or after this date (2026-11-01) or RFC 3339 time
+    /// (`[data] since`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Train only on rows requested before this date or time (`[data] until`).
+    #[arg(long)]
+    until: Option<String>,
+    /// Train only on rows for which this polars SQL predicate holds, e.g.
+    /// "provider != 'local' AND attempt = 0" (`[data] filter`).
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 impl TrainTuning {
@@ -80,6 +91,15 @@ impl TrainTuning {
             }
             cfg.ipw = Some(ipw);
         }
+        if let Some(v) = &self.since {
+            cfg.data.set_since(v)?;
+        }
+        if let Some(v) = &self.until {
+            cfg.data.set_until(v)?;
+        }
+        if let Some(v) = &self.filter {
+            cfg.data.filter = Some(v.clone());
+        }
         cfg.progress = true;
         Ok(cfg)
     }
@@ -93,13 +113,13 @@ fn open_registry(flag: &str, value: &Path) -> Result<Registry> {
 /// Trains into `out`, registers the model set in `registry` and uploads `out` to `upload`
 /// (`metadata.json` last), when given.
 fn train_and_publish(
-    records: &[sandstorm_features::telemetry::TelemetryRecord],
+    selected: &sandstorm_trainer::Selected,
     out: &Path,
     cfg: &sandstorm_trainer::TrainConfig,
     registry: Option<&Path>,
     upload: Option<&sandstorm_storage::Remote>,
 ) -> Result<(sandstorm_trainer::TrainReport, Option<String>)> {
-    let report = sandstorm_trainer::train_records(records, out, cfg)?;
+    let report = sandstorm_trainer::train_selection(selected, out, cfg)?;
     let version = match registry {
         Some(root) => Some(open_registry("--registry", root)?.register(out)?),
         None => None,
@@ -112,7 +132,8 @@ fn train_and_publish(
 
 pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -> Result<ExitCode> {
     let cfg = t.config()?;
-    let records = common::load_telemetry("--telemetry", telemetry)?;
+    let selected =
+        sandstorm_trainer::select_at(&common::location("--telemetry", telemetry)?, &cfg.data)?;
     // An object-store --out: train into a local directory, then upload it whole.
     let out_location = common::location("--out", out)?;
     let (local_out, upload) = match &out_location {
@@ -125,7 +146,7 @@ pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -
         ),
     };
     let trained = train_and_publish(
-        &records,
+        &selected,
         &local_out,
         &cfg,
         t.registry.as_deref(),
@@ -150,6 +171,18 @@ pub(crate) fn train(telemetry: &Path, out: &Path, json: bool, t: &TrainTuning) -
         );
         if let Some(html) = &report.report_html {
             println!("report: {}", html.display());
+        }
+        if let Some(d) = &report.data {
+            println!(
+                "telemetry: {} rows selected ({} in {} of {} Parquet files, {} in the window, {} after the filter, {} after dedupe)",
+                d.rows,
+                d.rows_scanned,
+                d.files_scanned,
+                d.files,
+                d.rows_in_window,
+                d.rows_after_filter,
+                d.rows_after_dedupe
+            );
         }
         if let Some(w) = &report.weighting {
             println!(

@@ -11,11 +11,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::{Service, http_get};
 
 use sandstorm_datasets::{Location, SimulatorConfig, TelemetryWriter, WriterOptions, simulate};
 use sandstorm_features::Catalog;
@@ -76,34 +76,6 @@ fn promote(server: &S3Server, cache: &Path, version: &str) -> Output {
             version,
         ],
     )
-}
-
-fn http_get(addr: &str, path: &str, key: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
-}
-
-/// Kills the service when the test ends, also when it fails.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -190,33 +162,10 @@ fn telemetry_and_registry_live_in_an_object_store() {
         ),
     )
     .unwrap();
-    let mut child = command(&server, &cache)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let _service = Service(child);
-    let mut addr = None;
-    let mut seen = String::new();
-    let start = Instant::now();
-    while addr.is_none() && start.elapsed() < Duration::from_secs(120) {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        addr = line
-            .split("listening on http://")
-            .nth(1)
-            .map(|a| a.trim().to_owned());
-    }
-    let addr = addr.unwrap_or_else(|| panic!("no listening line in:\n{seen}"));
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let service = Service::start_with(command(&server, &cache), &config);
+    let addr = service.addr.clone();
     let served = |addr: &str| {
-        let (status, body) = http_get(addr, "/v1/models", key);
+        let (status, body) = http_get(addr, "/v1/models", Some(key));
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         v["active"]["version"]

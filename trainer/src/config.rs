@@ -1,6 +1,7 @@
 //! Training configuration files for data scientists: `train.toml` (LightGBM parameters by their
 //! own names in a `[params]` table, per-model overrides, cross-validation, search and report
-//! settings, inverse-propensity weighting) or LightGBM's own `key = value` `.conf` format.
+//! settings, inverse-propensity weighting, the `[data]` row selection evaluated by polars) or
+//! LightGBM's own `key = value` `.conf` format.
 //! Every parameter name is checked against the names and aliases of the LightGBM library
 //! linked in, so a typo is an error that names the key instead of a silently ignored setting.
 
@@ -13,6 +14,7 @@ use sandstorm_features::model::ModelRole;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::pipeline::{DataSelection, parse_time};
 use crate::weighting::{DEFAULT_MAX_WEIGHT, IpwConfig};
 use crate::{TrainConfig, TrainerError, lgbm};
 
@@ -36,6 +38,24 @@ struct TrainFile {
     search: Option<SearchSection>,
     report: Option<ReportSection>,
     weighting: Option<WeightingSection>,
+    data: Option<DataSection>,
+}
+
+/// `[data]`: which telemetry rows to train on (`crate::pipeline`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSection {
+    /// A date (`"2026-11-01"` or TOML's `2026-11-01`) or an RFC 3339 time.
+    since: Option<toml::Value>,
+    until: Option<toml::Value>,
+    /// A polars SQL predicate.
+    filter: Option<String>,
+    #[serde(default)]
+    dedupe_by: Vec<String>,
+    max_rows: Option<usize>,
+    /// Derived columns: name = polars SQL expression.
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +161,25 @@ fn apply(file: TrainFile, mut cfg: TrainConfig) -> Result<TrainConfig, TrainerEr
         } else {
             cfg.ipw = None;
         }
+    }
+    if let Some(d) = file.data {
+        let time = |key: &str, v: Option<toml::Value>| match v {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => parse_time(key, &s).map(Some),
+            Some(toml::Value::Datetime(d)) => parse_time(key, &d.to_string()).map(Some),
+            Some(other) => Err(TrainerError::Config(format!(
+                "{key}: expected a date such as \"2026-11-01\" or an RFC 3339 time, found {other}"
+            ))),
+        };
+        cfg.data = DataSelection {
+            since_us: time("data.since", d.since)?,
+            until_us: time("data.until", d.until)?,
+            columns: d.columns,
+            filter: d.filter,
+            dedupe_by: d.dedupe_by,
+            max_rows: d.max_rows,
+        };
+        cfg.data.validate()?;
     }
     if let Some(r) = file.report {
         if let Some(e) = r.enabled {
@@ -388,6 +427,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown model `latency_p99`"), "{err}");
+    }
+
+    #[test]
+    fn data_section_reads_times_sql_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.toml");
+        std::fs::write(
+            &path,
+            "[data]\nsince = \"2026-11-01\"\nuntil = 2026-12-01T06:00:00Z\n\
+             filter = \"provider != 'local' AND attempt = 0\"\ndedupe_by = [\"run_id\", \"attempt\"]\n\
+             max_rows = 5000\n[data.columns]\nslow = \"total_latency_ms > 1000\"\n",
+        )
+        .unwrap();
+        let cfg = load(&path, TrainConfig::default()).unwrap();
+        let d = &cfg.data;
+        assert_eq!(d.since_us, Some(parse_time("t", "2026-11-01").unwrap()));
+        assert_eq!(
+            d.until_us,
+            Some(parse_time("t", "2026-12-01T06:00:00Z").unwrap())
+        );
+        assert_eq!(
+            d.filter.as_deref(),
+            Some("provider != 'local' AND attempt = 0")
+        );
+        assert_eq!(d.dedupe_by, ["run_id", "attempt"]);
+        assert_eq!(d.max_rows, Some(5000));
+        assert_eq!(d.columns["slow"], "total_latency_ms > 1000");
+        assert!(TrainConfig::default().data.is_everything());
+
+        for (bad, why) in [
+            (
+                "[data]\nsince = \"last week\"\n",
+                "data.since: invalid time `last week`",
+            ),
+            ("[data]\nuntil = 3\n", "data.until: expected a date"),
+            (
+                "[data]\nsince = \"2026-12-01\"\nuntil = \"2026-11-01\"\n",
+                "data.since (2026-12-01T00:00:00Z) must be before data.until",
+            ),
+            (
+                "[data]\nfilter = \"provider = \"\n",
+                "data.filter: `provider = `",
+            ),
+            ("[data]\nfilter = \"  \"\n", "data.filter is empty"),
+            (
+                "[data]\ndedupe_by = [\"nope\"]\n",
+                "data.dedupe_by: unknown column `nope`",
+            ),
+            ("[data]\nmax_rows = 0\n", "data.max_rows must be at least 1"),
+            ("[data]\nwhere = \"x\"\n", "unknown field `where`"),
+            ("[data.columns]\nstatus = \"1\"\n", "data.columns.status"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = load(&path, TrainConfig::default()).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Offline training of Sandstorm's models from telemetry.
 //!
-//! [`train`] reads telemetry Parquet (DataFusion), encodes it with the shared feature encoding
-//! (`sandstorm_features::encoding`), splits it by time (train, validation for early stopping,
-//! holdout for metrics), optionally cross-validates (forward chaining) and searches
-//! hyper-parameters per model, trains one LightGBM model per [`ModelRole`], explains it (split
-//! and gain importance, SHAP on a sample), optionally weighting rows by inverse propensity
-//! ([`IpwConfig`]: rows the logging policy chose with a small probability count more) and
-//! writes a model directory in the layout of
+//! [`train`] selects telemetry rows with polars (a lazy Parquet scan with the `[data]` window
+//! pushed down, SQL row filters and derived columns, de-duplication: [`DataSelection`]), encodes
+//! them with the shared feature encoding (`sandstorm_features::encoding`), splits them by time
+//! (train, validation for early stopping, holdout for metrics), optionally cross-validates
+//! (forward chaining) and searches hyper-parameters per model, trains one LightGBM model per
+//! [`ModelRole`], explains it (split and gain importance, SHAP on a sample), optionally
+//! weighting rows by inverse propensity ([`IpwConfig`]: rows the logging policy chose with a
+//! small probability count more) and writes a model directory in the layout of
 //! `sandstorm_features::model` plus `training.json` and `report.html`. [`registry`] versions
 //! model directories and promotes champions. [`offpolicy`] estimates a new policy's value on
 //! logged decisions (IPS, self-normalised IPS, doubly robust). [`query`] runs SQL and the named reports over
@@ -18,6 +19,7 @@ mod explain;
 mod lgbm;
 mod metrics;
 pub mod offpolicy;
+mod pipeline;
 pub mod query;
 pub mod registry;
 mod report;
@@ -25,6 +27,7 @@ mod tune;
 mod weighting;
 
 pub use config::parse_duration;
+pub use pipeline::{DataSelection, DataSummary, Selected, select as select_telemetry};
 pub use weighting::{DEFAULT_MAX_WEIGHT, IpwConfig, WeightStats};
 
 use std::collections::BTreeMap;
@@ -48,7 +51,8 @@ use time::format_description::well_known::Rfc3339;
 /// Everything that can go wrong while training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
-    /// The telemetry given cannot be trained on (missing, empty, wrong schema, too small).
+    /// The telemetry given cannot be trained on (missing, empty, wrong schema, too small,
+    /// unreadable by polars).
     #[error("{0}")]
     Input(String),
     /// A telemetry query is wrong (bad SQL, unknown column, unknown report or format); holds
@@ -128,6 +132,8 @@ pub struct TrainConfig {
     /// trained on a router's own choices are not biased toward past winners; `None`: every
     /// row weighs 1.
     pub ipw: Option<IpwConfig>,
+    /// Which telemetry rows [`train`] reads (`[data]`; the default: all of them).
+    pub data: DataSelection,
 }
 
 impl Default for TrainConfig {
@@ -148,6 +154,7 @@ impl Default for TrainConfig {
             shap_sample: 500,
             progress: false,
             ipw: None,
+            data: DataSelection::default(),
         }
     }
 }
@@ -169,6 +176,8 @@ pub struct TrainReport {
     pub report_html: Option<PathBuf>,
     /// The inverse-propensity weights of the training rows, when weighted.
     pub weighting: Option<WeightStats>,
+    /// What the `[data]` selection read and kept ([`train`]; `None` for [`train_records`]).
+    pub data: Option<DataSummary>,
 }
 
 /// `training.json`: how each model was tuned and what it relies on.
@@ -176,19 +185,20 @@ pub const TRAINING_FILE: &str = "training.json";
 /// The HTML training report.
 pub const REPORT_FILE: &str = "report.html";
 
-/// Reads the telemetry under `telemetry_dir` and writes a model directory to `out_dir`.
+/// Reads the telemetry under `telemetry_dir` selected by `cfg.data` and writes a model
+/// directory to `out_dir`.
 pub fn train(
     telemetry_dir: &Path,
     out_dir: &Path,
     cfg: &TrainConfig,
 ) -> Result<TrainReport, TrainerError> {
-    let records = data::load_telemetry(telemetry_dir)?;
-    train_records(&records, out_dir, cfg)
+    let selected = pipeline::select(telemetry_dir, &cfg.data)?;
+    train_selected(&selected.records, out_dir, cfg, Some(&selected.summary))
 }
 
-/// Reads every `*.parquet` telemetry file under `dir`, ordered by request time.
+/// Reads every `*.parquet` telemetry file under `dir` (polars), ordered by request time.
 pub fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, TrainerError> {
-    data::load_telemetry(dir)
+    pipeline::select(dir, &DataSelection::default()).map(|s| s.records)
 }
 
 /// Reads the telemetry at `location` (a local directory or an object-store prefix), ordered
@@ -196,7 +206,38 @@ pub fn load_telemetry(dir: &Path) -> Result<Vec<TelemetryRecord>, TrainerError> 
 pub fn load_telemetry_at(
     location: &sandstorm_storage::Location,
 ) -> Result<Vec<TelemetryRecord>, TrainerError> {
-    data::load_telemetry_at(location)
+    select_at(location, &DataSelection::default()).map(|s| s.records)
+}
+
+/// Reads the telemetry at `location` through `selection` (polars). An object-store prefix is
+/// first downloaded into a temporary directory (polars reads local files here; its object-store
+/// support is not compiled in).
+pub fn select_at(
+    location: &sandstorm_storage::Location,
+    selection: &DataSelection,
+) -> Result<Selected, TrainerError> {
+    data::check_location(location, "")?;
+    match location {
+        sandstorm_storage::Location::Local(dir) => pipeline::select(dir, selection),
+        sandstorm_storage::Location::Remote(remote) => {
+            let tmp = tempfile::tempdir()
+                .map_err(|e| TrainerError::Internal(format!("temporary directory: {e}")))?;
+            remote.download_dir(tmp.path(), |name| {
+                name.ends_with(".parquet") && !name.split('/').any(|part| part.starts_with('.'))
+            })?;
+            pipeline::select(tmp.path(), selection)
+        }
+    }
+}
+
+/// Trains on telemetry selected by [`select_at`] (its row counts go to `training.json` and
+/// the report) and writes a model directory to `out_dir`.
+pub fn train_selection(
+    selected: &Selected,
+    out_dir: &Path,
+    cfg: &TrainConfig,
+) -> Result<TrainReport, TrainerError> {
+    train_selected(&selected.records, out_dir, cfg, Some(&selected.summary))
 }
 
 /// Executed rows of `records` in time order.
@@ -209,11 +250,21 @@ fn executed(records: &[TelemetryRecord]) -> Vec<&TelemetryRecord> {
     rows
 }
 
-/// Trains on rows already in memory (sorted by request time or not).
+/// Trains on rows already in memory (sorted by request time or not); `cfg.data` is not
+/// applied (it selects rows while reading telemetry).
 pub fn train_records(
     records: &[TelemetryRecord],
     out_dir: &Path,
     cfg: &TrainConfig,
+) -> Result<TrainReport, TrainerError> {
+    train_selected(records, out_dir, cfg, None)
+}
+
+fn train_selected(
+    records: &[TelemetryRecord],
+    out_dir: &Path,
+    cfg: &TrainConfig,
+    data: Option<&DataSummary>,
 ) -> Result<TrainReport, TrainerError> {
     if !(0.0..0.5).contains(&cfg.holdout_fraction) || !(0.0..0.5).contains(&cfg.valid_fraction) {
         return Err(TrainerError::Config(
@@ -229,8 +280,15 @@ pub fn train_records(
     }
     let rows = executed(records);
     if rows.len() < cfg.min_rows {
+        let selection = match data {
+            Some(d) if !cfg.data.is_everything() => format!(
+                "; the [data] selection kept {} of {} rows ({} in the window, {} after the filter, {} after dedupe)",
+                d.rows, d.rows_scanned, d.rows_in_window, d.rows_after_filter, d.rows_after_dedupe
+            ),
+            _ => String::new(),
+        };
         return Err(TrainerError::Input(format!(
-            "need at least {} executed telemetry rows to train, found {} (of {} rows)",
+            "need at least {} executed telemetry rows to train, found {} (of {} rows{selection})",
             cfg.min_rows,
             rows.len(),
             records.len()
@@ -505,6 +563,7 @@ pub fn train_records(
             .map(|(r, m)| (r.as_str().to_owned(), m.clone()))
             .collect(),
         weighting: weight_stats.clone(),
+        data: data.cloned(),
         models: details,
     };
     write_json(&out_dir.join(FEATURE_SCHEMA_FILE), &schema)?;
@@ -521,6 +580,7 @@ pub fn train_records(
         metadata,
         report_html,
         weighting: weight_stats,
+        data: data.cloned(),
     })
 }
 
@@ -538,6 +598,8 @@ pub(crate) struct TrainingDetails {
     pub(crate) config_model_params: BTreeMap<String, Map<String, Value>>,
     /// Inverse-propensity weighting of the training rows (`null`: unweighted).
     pub(crate) weighting: Option<WeightStats>,
+    /// The `[data]` selection and its row counts (`null`: rows given in memory).
+    pub(crate) data: Option<DataSummary>,
     pub(crate) models: BTreeMap<String, RoleDetails>,
 }
 

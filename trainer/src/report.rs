@@ -76,7 +76,13 @@ pub(crate) fn write(
             w.from, w.to, w.rows
         );
     }
-    h.push_str("</table><h2>Holdout metrics</h2><table><tr><th>model</th><th>trees</th><th>metrics</th></tr>");
+    h.push_str("</table>");
+    if let Some(d) = &training.data {
+        data_section(d, &mut h);
+    }
+    h.push_str(
+        "<h2>Holdout metrics</h2><table><tr><th>model</th><th>trees</th><th>metrics</th></tr>",
+    );
     for (role, e) in &meta.models {
         let m = e
             .metrics
@@ -226,6 +232,57 @@ pub(crate) fn write(
         source,
     })?;
     Ok(path)
+}
+
+/// The `[data]` selection and how many rows each step kept.
+fn data_section(d: &crate::DataSummary, h: &mut String) {
+    let setting = |v: Option<String>| v.map_or_else(|| "(all)".to_owned(), |v| html_escape(&v));
+    let columns = d
+        .columns
+        .iter()
+        .map(|(k, v)| format!("{} = {}", html_escape(k), html_escape(v)))
+        .collect::<Vec<_>>()
+        .join("<br>");
+    let _ = write!(
+        h,
+        "<h2>Data</h2><p>Telemetry rows selected by polars (<code>[data]</code> of the \
+         configuration): {files_scanned} of {files} Parquet files read (date partitions outside \
+         the window are skipped), then each step below.</p><table>\
+         <tr><th>setting</th><th>value</th></tr>\
+         <tr><td class=l>since</td><td class=l>{since}</td></tr>\
+         <tr><td class=l>until</td><td class=l>{until}</td></tr>\
+         <tr><td class=l>columns</td><td class=l>{columns}</td></tr>\
+         <tr><td class=l>filter</td><td class=l><code>{filter}</code></td></tr>\
+         <tr><td class=l>dedupe_by</td><td class=l>{dedupe}</td></tr>\
+         <tr><td class=l>max_rows</td><td class=l>{max_rows}</td></tr></table>\
+         <table><tr><th>step</th><th>rows</th></tr>\
+         <tr><td class=l>in the files read</td><td>{scanned}</td></tr>\
+         <tr><td class=l>in the window</td><td>{window}</td></tr>\
+         <tr><td class=l>after the filter</td><td>{filtered}</td></tr>\
+         <tr><td class=l>after dedupe</td><td>{deduped}</td></tr>\
+         <tr><td class=l>selected (most recent max_rows)</td><td>{rows}</td></tr></table>",
+        files_scanned = d.files_scanned,
+        files = d.files,
+        since = setting(d.since.clone()),
+        until = setting(d.until.clone()),
+        columns = if columns.is_empty() {
+            "(none)".to_owned()
+        } else {
+            columns
+        },
+        filter = setting(d.filter.clone()),
+        dedupe = if d.dedupe_by.is_empty() {
+            "(none)".to_owned()
+        } else {
+            html_escape(&d.dedupe_by.join(", "))
+        },
+        max_rows = setting(d.max_rows.map(|n| n.to_string())),
+        scanned = d.rows_scanned,
+        window = d.rows_in_window,
+        filtered = d.rows_after_filter,
+        deduped = d.rows_after_dedupe,
+        rows = d.rows,
+    );
 }
 
 fn html_escape(s: &str) -> String {

@@ -121,7 +121,12 @@ impl Service {
     /// Starts the service (its config should listen on `127.0.0.1:0`) and waits for its
     /// `listening on http://ADDR` line.
     pub(crate) fn start(config: &Path) -> Self {
-        let mut child = bin()
+        Self::start_with(bin(), config)
+    }
+
+    /// [`Service::start`] from `command` (the binary with its environment set up).
+    pub(crate) fn start_with(mut command: Command, config: &Path) -> Self {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config)
             .stderr(Stdio::piped())
@@ -131,7 +136,7 @@ impl Service {
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let start = Instant::now();
         let mut seen = String::new();
-        while start.elapsed() < Duration::from_secs(60) {
+        while start.elapsed() < Duration::from_secs(120) {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
@@ -155,4 +160,25 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET path` over a plain socket with `Authorization: Bearer key`: status and body.
+pub(crate) fn http_get(addr: &str, path: &str, key: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
 }
