@@ -164,3 +164,73 @@ fn an_unknown_lightgbm_parameter_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+/// `--since` and `--filter` select the training rows like `[data]` of train.toml: the run prints
+/// how many rows each step kept and training.json records the selection; a bad filter or time
+/// is an error naming the setting.
+#[test]
+fn train_selects_rows_with_since_and_filter_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let o = run(&[
+        "datasets",
+        "generate",
+        "--rows",
+        "3000",
+        "--seed",
+        "6",
+        "--out",
+        &p("telemetry"),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--telemetry",
+            &p("telemetry"),
+            "--out",
+            &p("m"),
+            "--num-iterations",
+            "20",
+            "--no-report",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = train(&["--since", "2026-01-12", "--filter", "provider <> 'local'"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("telemetry: ") && out.contains("(3000 in "),
+        "{out}"
+    );
+    let training: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("m/training.json")).unwrap())
+            .unwrap();
+    let data = &training["data"];
+    assert_eq!(data["since"], "2026-01-12T00:00:00Z");
+    assert_eq!(data["filter"], "provider <> 'local'");
+    let (window, rows) = (
+        data["rows_in_window"].as_u64().unwrap(),
+        data["rows"].as_u64().unwrap(),
+    );
+    assert!(window < 3000 && rows < window && rows > 200, "{data}");
+
+    let o = train(&["--filter", "providr = 'e2b'"]);
+    assert!(!o.status.success());
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("data.filter: `providr = 'e2b'`") && err.contains("\"providr\""),
+        "{err}"
+    );
+    let o = train(&["--since", "soon"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("data.since: invalid time `soon`"),
+        "{:?}",
+        text(&o)
+    );
+}
