@@ -5,12 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed set-up step should abort the test
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::{Service, http_get};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandstorm"));
@@ -62,25 +64,6 @@ fn models() -> &'static Path {
     .1
 }
 
-fn http_get(addr: &str, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
-}
-
 #[test]
 fn serve_answers_with_its_config_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -95,41 +78,20 @@ fn serve_answers_with_its_config_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let start = Instant::now();
-    let mut seen = String::new();
-    while addr.is_none() && start.elapsed() < Duration::from_secs(60) {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        addr = line
-            .split("listening on http://")
-            .nth(1)
-            .map(|a| a.trim().to_owned());
-    }
-    let addr = addr.unwrap_or_else(|| panic!("no listening line in:\n{seen}"));
+    let mut service = Service::start_with(bin(), &config);
+    let addr = service.addr.clone();
     assert_eq!(http_get(&addr, "/healthz", None).0, 200);
     let (status, body) = http_get(&addr, "/v1/models", Some(key));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"version\""), "{body}");
     assert_eq!(http_get(&addr, "/v1/models", None).0, 401);
 
-    let pid = child.id().to_string();
+    let pid = service.child.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = service.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -138,9 +100,7 @@ fn serve_answers_with_its_config_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert!(status.success(), "exit {status:?}: {seen}{rest}");
+    assert!(status.success(), "exit {status:?}");
 }
 
 #[test]
