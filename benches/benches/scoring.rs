@@ -10,10 +10,15 @@
 //!   and over a single row. Criterion's throughput is per candidate and model.
 //!   `lightgbm3` predicts with `num_threads=1` (its single-row C API for one row).
 //! * `decision/{16,64,256}`: `Router::decide_with` end to end (enumerate, filter, encode,
-//!   predict 4 models, rank, explain) with a reused `Scratch`, and
+//!   predict 4 models, rank, explain) with a reused `Scratch`, each call with the next of
+//!   eight different requests (language, resources, timeout, code size, strategy: the
+//!   request's features and the burn rates change from call to call, so nothing that depends
+//!   on them can be reused; what depends only on the candidates can), and
 //!   `decision/256+eu-residency-policy`: the same with the eu-residency WASM policy consulted,
 //!   `decision/16+{epsilon,thompson}`: 16 candidates with exploration on (ε = 0.1; Thompson
 //!   with 256 Monte-Carlo draws).
+//!   `decision/256-same-request`: one request over and over (the folded forests are reused
+//!   too).
 //! * After criterion, a custom timing loop (not criterion) prints p50/p99 of whole decisions.
 
 use std::hint::black_box;
@@ -30,11 +35,46 @@ use time::macros::datetime;
 
 const SIZES: [usize; 3] = [16, 64, 256];
 const REQUEST: &str = "language: python\ncommand: python3 -c 'print(1)'\nstrategy: balanced\ntimeout_s: 30\nresources:\n  cpu: 1\n  memory_mib: 512\n";
+/// The request mix of the `decision` cases: (language, command, strategy, timeout, cpu,
+/// memory).
+const MIX: [(&str, &str, &str, u32, u32, u32); 8] = [
+    ("python", "python3 -c 'print(1)'", "balanced", 30, 1, 512),
+    (
+        "node",
+        "node -e 'console.log(2)'",
+        "optimize_cost",
+        10,
+        1,
+        256,
+    ),
+    (
+        "python",
+        "python3 train.py --epochs 3",
+        "optimize_latency",
+        120,
+        2,
+        2048,
+    ),
+    ("bash", "echo hello", "balanced", 5, 1, 128),
+    (
+        "python",
+        "python3 -c 'import sys; print(sys.version)'",
+        "optimize_cost",
+        60,
+        4,
+        4096,
+    ),
+    ("node", "node build.js", "balanced", 300, 2, 1024),
+    ("bash", "make test", "optimize_latency", 600, 2, 512),
+    ("python", "pytest -q", "optimize_cost", 90, 1, 1024),
+];
 
 struct Fixture {
     _dir: tempfile::TempDir,
     models_dir: std::path::PathBuf,
     request: RunRequest,
+    /// The requests of [`MIX`].
+    mix: Vec<RunRequest>,
     ctx: DecisionContext,
     /// Encoded rows of the 256 candidates of the catalog for one request.
     rows: Vec<f64>,
@@ -72,6 +112,15 @@ fn fixture() -> Fixture {
         );
     }
     let request = RunRequest::from_yaml(REQUEST).expect("request");
+    let mix = MIX
+        .iter()
+        .map(|(language, command, strategy, timeout, cpu, memory)| {
+            let yaml = format!(
+                "language: {language}\ncommand: \"{command}\"\nstrategy: {strategy}\ntimeout_s: {timeout}\nresources:\n  cpu: {cpu}\n  memory_mib: {memory}\n"
+            );
+            RunRequest::from_yaml(&yaml).expect("mix request")
+        })
+        .collect();
     let ctx = DecisionContext::at(datetime!(2026-02-03 14:00 UTC));
     let models = ModelSet::load(dir.path()).expect("models");
     let candidates = catalog.candidates();
@@ -96,6 +145,7 @@ fn fixture() -> Fixture {
         models_dir: dir.path().to_path_buf(),
         _dir: dir,
         request,
+        mix,
         ctx,
         rows,
     }
@@ -181,26 +231,46 @@ fn routers(fx: &Fixture) -> Vec<(String, usize, Router)> {
             .expect("valid exploration");
         out.push((format!("16+{name}"), 16, router));
     }
+    let models = ModelSet::load(&fx.models_dir).expect("models");
+    out.push((
+        "256-same-request".to_owned(),
+        256,
+        Router::new(&catalog_with(256), models),
+    ));
     out
+}
+
+/// The requests a case decides, in turn: the mix, or the one request for `*-same-request`.
+fn requests_of<'a>(fx: &'a Fixture, name: &str) -> &'a [RunRequest] {
+    if name.ends_with("same-request") {
+        std::slice::from_ref(&fx.request)
+    } else {
+        &fx.mix
+    }
 }
 
 fn decisions(c: &mut Criterion, fx: &Fixture) {
     let mut g = c.benchmark_group("decision");
     for (name, n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
-        let d = router
-            .decide_with(&mut scratch, &fx.request, &fx.ctx, &|_| None)
-            .expect("decision");
-        assert_eq!(d.n_candidates, n);
-        println!(
-            "decision/{name}: {} feasible of {}",
-            d.n_feasible, d.n_candidates
-        );
+        let requests = requests_of(fx, &name);
+        for request in requests {
+            let d = router
+                .decide_with(&mut scratch, request, &fx.ctx, &|_| None)
+                .expect("decision");
+            assert_eq!(d.n_candidates, n);
+            println!(
+                "decision/{name}: {} feasible of {} ({:?}, winner {})",
+                d.n_feasible, d.n_candidates, d.strategy, d.winner
+            );
+        }
         g.throughput(Throughput::Elements(n as u64));
+        let mut next = 0;
         g.bench_with_input(BenchmarkId::from_parameter(&name), &n, |b, _| {
             b.iter(|| {
+                next = (next + 1) % requests.len();
                 router
-                    .decide_with(&mut scratch, black_box(&fx.request), &fx.ctx, &|_| None)
+                    .decide_with(&mut scratch, black_box(&requests[next]), &fx.ctx, &|_| None)
                     .expect("decision")
             })
         });
@@ -217,10 +287,12 @@ fn decision_percentiles(fx: &Fixture) {
     for (name, n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
         let mut times: Vec<Duration> = Vec::with_capacity(ITERATIONS);
+        let requests = requests_of(fx, &name);
         for i in 0..ITERATIONS + 500 {
+            let request = &requests[i % requests.len()];
             let start = Instant::now();
             let d = router
-                .decide_with(&mut scratch, black_box(&fx.request), &fx.ctx, &|_| None)
+                .decide_with(&mut scratch, black_box(request), &fx.ctx, &|_| None)
                 .expect("decision");
             let elapsed = start.elapsed();
             black_box(d);

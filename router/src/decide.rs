@@ -76,13 +76,82 @@ pub enum Verdict {
     Outscored {
         rank: usize,
         behind_by_pct: f64,
-        reason: String,
+        reason: LostBy,
     },
     /// Removed before ranking by `constraint` (a request field, `availability`, ...).
     Filtered {
         constraint: String,
         reason: String,
     },
+}
+
+/// Why an outscored candidate lost, in words (`Display`; serialized as that text). The
+/// numbers are kept and the text is written only when it is read: most decisions are used for
+/// their winner, and formatting hundreds of losers' reasons would be a large share of a
+/// decision's time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LostBy {
+    strategy: Strategy,
+    expected_cost_usd: f64,
+    expected_latency_ms: f64,
+    /// The same of the candidate it lost to.
+    reference_cost_usd: f64,
+    reference_latency_ms: f64,
+    behind_by_pct: f64,
+    /// Whether the candidate it lost to is the greedy winner of a decision that explored.
+    explored: bool,
+}
+
+impl LostBy {
+    fn new(
+        strategy: Strategy,
+        p: &Prediction,
+        reference: &Prediction,
+        pct: f64,
+        explored: bool,
+    ) -> Self {
+        Self {
+            strategy,
+            expected_cost_usd: p.expected_cost_usd,
+            expected_latency_ms: p.expected_latency_ms,
+            reference_cost_usd: reference.expected_cost_usd,
+            reference_latency_ms: reference.expected_latency_ms,
+            behind_by_pct: pct,
+            explored,
+        }
+    }
+}
+
+impl std::fmt::Display for LostBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whose = if self.explored {
+            "greedy winner's"
+        } else {
+            "winner's"
+        };
+        let pct = self.behind_by_pct;
+        match self.strategy {
+            Strategy::OptimizeCost => write!(
+                f,
+                "expected cost ${:.8} is {pct:.0}% above the {whose} ${:.8}",
+                self.expected_cost_usd, self.reference_cost_usd
+            ),
+            Strategy::OptimizeLatency => write!(
+                f,
+                "expected latency {:.0} ms is {pct:.0}% above the {whose} {:.0} ms",
+                self.expected_latency_ms, self.reference_latency_ms
+            ),
+            Strategy::Balanced { .. } => {
+                write!(f, "balanced score is {pct:.0}% worse than the {whose}")
+            }
+        }
+    }
+}
+
+impl Serialize for LostBy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// One enumerated candidate in a decision.
@@ -539,16 +608,12 @@ impl Router {
                 r => Verdict::Outscored {
                     rank: r,
                     behind_by_pct,
-                    reason: lost_by(
+                    reason: LostBy::new(
                         strategy,
                         &scored[i].1,
                         &reference.1,
                         behind_by_pct,
-                        if explored {
-                            "greedy winner's"
-                        } else {
-                            "winner's"
-                        },
+                        explored,
                     ),
                 },
             };
@@ -783,24 +848,6 @@ pub fn rank_predictions(strategy: Strategy, candidates: &[(&str, Prediction)]) -
 
 /// Why a candidate with prediction `p` lost to the best-scoring one, `w` (`whose`: the
 /// winner's, or the greedy winner's when exploration chose another winner).
-fn lost_by(strategy: Strategy, p: &Prediction, w: &Prediction, pct: f64, whose: &str) -> String {
-    match strategy {
-        Strategy::OptimizeCost => {
-            format!(
-                "expected cost ${:.8} is {pct:.0}% above the {whose} ${:.8}",
-                p.expected_cost_usd, w.expected_cost_usd
-            )
-        }
-        Strategy::OptimizeLatency => {
-            format!(
-                "expected latency {:.0} ms is {pct:.0}% above the {whose} {:.0} ms",
-                p.expected_latency_ms, w.expected_latency_ms
-            )
-        }
-        Strategy::Balanced { .. } => format!("balanced score is {pct:.0}% worse than the {whose}"),
-    }
-}
-
 /// Distinct reasons quoted per non-numeric binding constraint (availability, policies).
 const QUOTED_REASONS: usize = 3;
 

@@ -22,8 +22,8 @@ mod models;
 mod native;
 
 pub use decide::{
-    BindingConstraint, CandidateVerdict, Decision, PolicyAdjustment, PolicyReport, Prediction,
-    Router, Scratch, Verdict, rank_predictions,
+    BindingConstraint, CandidateVerdict, Decision, LostBy, PolicyAdjustment, PolicyReport,
+    Prediction, Router, Scratch, Verdict, rank_predictions,
 };
 pub use explore::{DEFAULT_THOMPSON_DRAWS, Exploration};
 #[cfg(feature = "lightgbm-reference")]

@@ -48,8 +48,10 @@ pub(crate) struct Predictions {
     pub(crate) latency_p95_ms: Vec<f64>,
     pub(crate) cost_usd: Vec<f64>,
     pub(crate) failure_prob: Vec<f64>,
-    /// The folded forests of the current batch.
-    eval: EvalScratch,
+    /// Per model (in `ModelRole::ALL` order): its folded forest and cached row sets.
+    eval: [EvalScratch; 4],
+    /// Per feature: whether it has the same value in every row of the batch.
+    constant: Vec<bool>,
 }
 
 impl Predictions {
@@ -185,14 +187,21 @@ impl ModelSet {
             cost_usd,
             failure_prob,
             eval,
+            constant,
         } = out;
+        crate::native::constant_features(rows, N_FEATURES, constant);
         // In ModelRole::ALL order, like `self.models`.
         let slots = [latency_p50_ms, latency_p95_ms, cost_usd, failure_prob];
-        for ((role, model), values) in ModelRole::ALL.into_iter().zip(&self.models).zip(slots) {
+        for (((role, model), values), eval) in ModelRole::ALL
+            .into_iter()
+            .zip(&self.models)
+            .zip(slots)
+            .zip(eval)
+        {
             values.clear();
             values.resize(n, 0.0);
             model
-                .predict_batch_into(eval, rows, values)
+                .predict_batch_with_constant(eval, rows, constant, values)
                 .map_err(|e| RouterError::Prediction(format!("{}: {e}", role.as_str())))?;
             let transform = role.target_transform();
             for (v, row) in values.iter_mut().zip(rows.chunks_exact(N_FEATURES)) {

@@ -217,6 +217,7 @@ fn epsilon_greedy_chooses_with_the_probabilities_it_logs() {
             ));
             for c in &d.candidates[..d.n_feasible] {
                 if let Verdict::Outscored { reason, .. } = &c.verdict {
+                    let reason = reason.to_string();
                     assert!(reason.contains("greedy winner's"), "{reason}");
                 }
             }

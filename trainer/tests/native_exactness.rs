@@ -359,6 +359,40 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
         compare(text, &variant_rows, nf)
             .map_err(|m| format!("with constant columns {constant:?}: {m}"))?;
     }
+    // One scratch over a sequence of batches of one block (what the router does): repeats,
+    // which it caches, interleaved with a changed value, a row fewer and other constant
+    // columns.
+    let native = NativeModel::from_text(text).map_err(|e| format!("native load: {e}"))?;
+    let base = rows[..n.min(200) * nf].to_vec();
+    let nb = base.len() / nf;
+    let mut changed = base.clone();
+    let (r, f) = (rng.below(nb), rng.below(nf));
+    changed[r * nf + f] = base[rng.below(nb) * nf + f];
+    let shorter = base[..(nb - 1) * nf].to_vec();
+    let constant: Vec<bool> = (0..nf).map(|_| rng.chance(0.5)).collect();
+    let variant = with_constant_columns(&base, nf, &constant, rng.below(nb));
+    let sequence = [
+        &base, &base, &base, &changed, &changed, &changed, &base, &base, &shorter, &shorter,
+        &shorter, &variant, &variant, &variant, &base, &base,
+    ];
+    let mut shared = EvalScratch::default();
+    for (b, batch) in sequence.into_iter().enumerate() {
+        let n = batch.len() / nf;
+        let mut want = vec![0.0; n];
+        native
+            .predict_batch_into(&mut EvalScratch::default(), batch, &mut want)
+            .map_err(|e| e.to_string())?;
+        let mut got = vec![0.0; n];
+        native
+            .predict_batch_into(&mut shared, batch, &mut got)
+            .map_err(|e| e.to_string())?;
+        if let Some(r) = (0..n).find(|&r| got[r].to_bits() != want[r].to_bits()) {
+            return Err(format!(
+                "batch {b} of the reused-scratch sequence, row {r}: reused {:e}, fresh {:e}",
+                got[r], want[r]
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -27,6 +27,8 @@
 
 mod block;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::text::RawTree;
 
 /// `kZeroThreshold` of include/LightGBM/meta.h: the float literal `1e-35f` widened to double.
@@ -77,6 +79,9 @@ struct Nodes {
     cat_start: Vec<u32>,
     /// Length in words of a categorical node's bitset (0 for numerical nodes).
     cat_len: Vec<u32>,
+    /// Index of the node in the model's own nodes (itself there; the original in a folded
+    /// copy), which keys the per-node caches of [`block::BlockScratch`].
+    orig: Vec<u32>,
 }
 
 impl Nodes {
@@ -92,6 +97,7 @@ impl Nodes {
         self.right.clear();
         self.cat_start.clear();
         self.cat_len.clear();
+        self.orig.clear();
     }
 
     /// Appends a copy of node `i` of `from` with the given children.
@@ -103,6 +109,7 @@ impl Nodes {
         self.right.push(right);
         self.cat_start.push(from.cat_start[i]);
         self.cat_len.push(from.cat_len[i]);
+        self.orig.push(from.orig[i]);
     }
 
     /// Whether a prepared value `v` (see [`Forest::prepare`]) goes to the left child of node
@@ -146,10 +153,17 @@ impl Nodes {
 }
 
 /// Reusable buffers for batch prediction (see [`crate::NativeModel::predict_batch_into`]):
-/// the folded forest and the column blocks of the current batch. One per worker; never
-/// shared.
+/// the folded forest and the column blocks of the current batch. One per worker and model;
+/// never shared.
+///
+/// What depends only on the input stays cached for the next batch of the same forest: the
+/// folded forest while the constant features keep their values, and the rows that go left at
+/// each node while its feature's column is the same (the candidates of consecutive requests
+/// mostly are). Using a scratch with another forest drops the caches.
 #[derive(Debug, Clone, Default)]
 pub struct EvalScratch {
+    /// [`Forest::id`] of the forest the caches belong to (0: none yet).
+    forest: u64,
     /// Prepared rows (see [`Forest::prepare`]): row 0 for folding, or the whole batch when
     /// it is walked row by row.
     x: Vec<f64>,
@@ -168,7 +182,38 @@ struct Folded {
     nodes: Nodes,
     /// (original node, folded parent, is right child) still to copy.
     stack: Vec<(i32, u32, bool)>,
+    /// Whether `roots` and `nodes` are the fold of the forest for `key_constant` and
+    /// `key_row`.
+    valid: bool,
+    /// The constant features it was folded on.
+    key_constant: Vec<bool>,
+    /// The bits of their values (the other entries are not looked at).
+    key_row: Vec<u64>,
 }
+
+impl Folded {
+    /// Whether this is the fold for the features marked in `constant` having row 0's values.
+    fn is_for(&self, constant: &[bool], row0: &[f64]) -> bool {
+        self.valid
+            && self.key_constant == constant
+            && constant
+                .iter()
+                .zip(&self.key_row)
+                .zip(row0)
+                .all(|((c, k), v)| !c || *k == v.to_bits())
+    }
+
+    fn remember(&mut self, constant: &[bool], row0: &[f64]) {
+        self.key_constant.clear();
+        self.key_constant.extend_from_slice(constant);
+        self.key_row.clear();
+        self.key_row.extend(row0.iter().map(|v| v.to_bits()));
+        self.valid = true;
+    }
+}
+
+/// Source of [`Forest::id`].
+static NEXT_FOREST_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Why a forest cannot be laid out.
 #[derive(Debug)]
@@ -182,6 +227,9 @@ pub(crate) enum BuildError {
 /// A forest in struct-of-arrays form.
 #[derive(Debug, Clone)]
 pub(crate) struct Forest {
+    /// Unique per built forest (clones share it: they are the same forest); tells an
+    /// [`EvalScratch`] whether its caches are this forest's.
+    id: u64,
     n_features: usize,
     /// Per feature: whether its splits are categorical.
     categorical: Vec<bool>,
@@ -206,6 +254,7 @@ impl Forest {
             return Err(BuildError::TooLarge);
         }
         let mut f = Forest {
+            id: NEXT_FOREST_ID.fetch_add(1, Ordering::Relaxed),
             n_features,
             categorical: vec![false; n_features],
             trees: Vec::with_capacity(trees.len()),
@@ -291,6 +340,7 @@ impl Forest {
         let n = &mut self.nodes;
         let dt = tree.decision_type[node];
         let t = tree.threshold[node];
+        n.orig.push(n.feature.len() as u32);
         n.feature.push(tree.split_feature[node] as u32);
         n.left.push(left);
         n.right.push(right);
@@ -339,12 +389,31 @@ impl Forest {
     /// matrix `rows`, folding the features that are constant over the batch first when there
     /// are several rows. Requires `rows.len() == out.len() * n_features`.
     pub(crate) fn raw_scores(&self, scratch: &mut EvalScratch, rows: &[f64], out: &mut [f64]) {
+        self.raw_scores_with(scratch, rows, None, out);
+    }
+
+    /// [`Forest::raw_scores`] with the features that are constant over the batch already
+    /// marked (see [`constant_features`]), when the caller scores the same rows with several
+    /// forests.
+    pub(crate) fn raw_scores_with(
+        &self,
+        scratch: &mut EvalScratch,
+        rows: &[f64],
+        known_constant: Option<&[bool]>,
+        out: &mut [f64],
+    ) {
         debug_assert_eq!(rows.len(), out.len() * self.n_features);
         out.fill(0.0);
         let Some(row0) = rows.get(..self.n_features) else {
             return;
         };
+        if scratch.forest != self.id {
+            scratch.forest = self.id;
+            scratch.folded.valid = false;
+            scratch.block.reset(self.nodes.len());
+        }
         let EvalScratch {
+            forest: _,
             x,
             constant,
             folded,
@@ -356,10 +425,18 @@ impl Forest {
             self.walk_rows(&self.nodes, trees, x, rows, out);
             return;
         }
-        let fold = self.find_constant_features(rows, constant);
-        if fold {
+        let fold = match known_constant {
+            Some(known) => {
+                constant.clear();
+                constant.extend_from_slice(known);
+                known.contains(&true)
+            }
+            None => constant_features(rows, self.n_features, constant),
+        };
+        if fold && !folded.is_for(constant, row0) {
             self.prepare_rows(row0, x);
             self.fold(folded, constant, x);
+            folded.remember(constant, row0);
         }
         let (nodes, roots): (&Nodes, &[(i32, u32)]) = if fold {
             (&folded.nodes, &folded.roots)
@@ -433,20 +510,6 @@ impl Forest {
         );
     }
 
-    /// Marks the features whose value is bit-identical in every row; returns whether any is.
-    fn find_constant_features(&self, rows: &[f64], constant: &mut Vec<bool>) -> bool {
-        let nf = self.n_features;
-        let (first, rest) = rows.split_at(nf);
-        constant.clear();
-        constant.resize(nf, true);
-        for row in rest.chunks_exact(nf) {
-            for ((c, a), b) in constant.iter_mut().zip(first).zip(row) {
-                *c &= a.to_bits() == b.to_bits();
-            }
-        }
-        constant.contains(&true)
-    }
-
     /// Builds the folded forest of a batch whose constant features have the values of the
     /// prepared row `x` (row 0 of the batch).
     fn fold(&self, folded: &mut Folded, constant: &[bool], x: &[f64]) {
@@ -454,6 +517,7 @@ impl Forest {
             roots,
             nodes,
             stack,
+            ..
         } = folded;
         roots.clear();
         nodes.clear();
@@ -523,6 +587,22 @@ impl Forest {
         }
         output
     }
+}
+
+/// Marks the features (of rows of `nf` features) whose value is bit-identical in every row;
+/// returns whether any is.
+pub(crate) fn constant_features(rows: &[f64], nf: usize, constant: &mut Vec<bool>) -> bool {
+    constant.clear();
+    constant.resize(nf, true);
+    let Some((first, rest)) = rows.split_at_checked(nf) else {
+        return false;
+    };
+    for row in rest.chunks_exact(nf) {
+        for ((c, a), b) in constant.iter_mut().zip(first).zip(row) {
+            *c &= a.to_bits() == b.to_bits();
+        }
+    }
+    constant.contains(&true)
 }
 
 /// A threshold `t'` with `v <= t'` ⇔ `r(v) <= t` for every non-NaN `v`, where `r` maps
@@ -694,6 +774,58 @@ mod tests {
             for (row, b) in rows.chunks(2).zip(&batch) {
                 assert_eq!(score(&forest, row), vec![*b]);
             }
+        }
+    }
+
+    #[test]
+    fn a_reused_scratch_follows_changed_rows_and_forests() {
+        // Feature 0 numerical, feature 1 categorical (codes 0..8; 1, 3 and 5 go left),
+        // feature 2 constant within a batch.
+        let tree = |t0: f64, leaf: f64| RawTree {
+            num_leaves: 4,
+            split_feature: vec![2, 1, 0],
+            threshold: vec![0.5, 0.0, t0],
+            decision_type: vec![2, 1 | (2 << 2), 2],
+            left_child: vec![1, -1, -3],
+            right_child: vec![2, -2, -4],
+            leaf_value: vec![leaf, 2.0, 4.0, 8.0],
+            cat_boundaries: vec![0, 1],
+            cat_threshold: vec![0b10_1010],
+            linear: None,
+        };
+        let a = Forest::build(3, &[tree(0.3, 1.0), tree(0.6, 0.5)]).expect("small");
+        let b = Forest::build(3, &[tree(0.5, 16.0)]).expect("small");
+        let batch = |n: usize, constant: f64, shift: usize| -> Vec<f64> {
+            (0..n)
+                .flat_map(|i| [((i + shift) % 10) as f64 / 10.0, (i % 9) as f64, constant])
+                .collect()
+        };
+        let base = batch(100, 0.0, 0);
+        let mut changed = base.clone();
+        changed[3 * 3 + 1] = 5.0;
+        changed[7 * 3] = 0.95;
+        let sequence = [
+            (&a, base.clone()),
+            (&a, base.clone()),
+            (&a, base.clone()),
+            (&a, changed.clone()),
+            (&a, changed),
+            (&b, base.clone()),
+            (&b, base.clone()),
+            (&a, base.clone()),
+            (&a, batch(99, 0.0, 0)),
+            (&a, batch(100, 1.0, 0)),
+            (&a, batch(100, 1.0, 3)),
+            (&a, batch(100, 1.0, 3)),
+            (&a, base.clone()),
+            (&a, base),
+        ];
+        let mut shared = EvalScratch::default();
+        for (i, (forest, rows)) in sequence.into_iter().enumerate() {
+            let mut got = vec![0.0; rows.len() / 3];
+            forest.raw_scores(&mut shared, &rows, &mut got);
+            let want: Vec<f64> = rows.chunks(3).map(|r| score(forest, r)[0]).collect();
+            assert_eq!(got, want, "batch {i}");
         }
     }
 

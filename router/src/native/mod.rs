@@ -16,6 +16,7 @@ mod objective;
 mod text;
 
 pub use forest::EvalScratch;
+pub(crate) use forest::constant_features;
 pub use objective::OutputTransform;
 
 use forest::{BuildError, Forest};
@@ -89,6 +90,30 @@ impl NativeModel {
     ) -> Result<(), RouterError> {
         self.check_shape(rows, out.len())?;
         self.forest.raw_scores(scratch, rows, out);
+        self.transform_in_place(out);
+        Ok(())
+    }
+
+    /// [`NativeModel::predict_batch_into`] for rows whose constant features the caller has
+    /// marked already (`constant`, as [`constant_features`] marks them), when it scores the
+    /// same rows with several models.
+    pub(crate) fn predict_batch_with_constant(
+        &self,
+        scratch: &mut EvalScratch,
+        rows: &[f64],
+        constant: &[bool],
+        out: &mut [f64],
+    ) -> Result<(), RouterError> {
+        self.check_shape(rows, out.len())?;
+        if constant.len() != self.n_features() {
+            return Err(RouterError::Prediction(format!(
+                "{} constant-feature flags for {} features",
+                constant.len(),
+                self.n_features()
+            )));
+        }
+        self.forest
+            .raw_scores_with(scratch, rows, Some(constant), out);
         self.transform_in_place(out);
         Ok(())
     }

@@ -12,6 +12,13 @@
 //!   precomputed set of rows holding that category;
 //! * a node reached by few rows tests just those rows, with the same per-row rule as a
 //!   single-row walk (`Nodes::goes_left`).
+//!
+//! Which rows of a block go left at a node depends only on the node and its feature's column.
+//! When a column is bit-identical to the one of the previous block evaluated with the same
+//! scratch — the router scores the same candidates for request after request, and most
+//! candidate features (provider, region, prices) do not depend on the request — the set of
+//! the block's rows that go left at each node on that feature is computed once and kept, and
+//! a node costs one AND with the rows that reach it.
 
 use super::{CATEGORICAL, Forest, NAN_LEFT, NO_CATEGORY, Nodes, ZERO};
 
@@ -37,6 +44,49 @@ pub(super) struct BlockScratch {
     table_of: Vec<(u32, u32)>,
     /// The rows that reach each node of the current tree.
     sets: Vec<RowSet>,
+    /// Per row of the block: the output of the leaf it reached in the current tree.
+    tree_out: Vec<f64>,
+    /// Whether `tables` and `table_of` describe the categorical columns in `cols`.
+    tables_valid: bool,
+    /// Number of rows of the block in `cols` (0: none).
+    loaded_rows: usize,
+    /// Per feature: whether `cols` holds its column of the last block.
+    loaded: Vec<bool>,
+    /// Per feature: whether its column is the same as in the block before (then the cached
+    /// row sets of its nodes apply).
+    stable: Vec<bool>,
+    /// Per feature: generation of its column's contents; a new one whenever it changes.
+    generation: Vec<u64>,
+    next_generation: u64,
+    /// Per node of the forest (by `Nodes::orig`): the generation of its feature's column the
+    /// set was computed for (0: never) and the rows of the whole block that go left.
+    left_cache: Vec<(u64, RowSet)>,
+}
+
+impl BlockScratch {
+    /// Forgets every cached column and row set, for a forest of `n_nodes` internal nodes.
+    /// Cheap: no column counts as loaded, so each gets a generation newer than any cached
+    /// set's (generations only grow), which leaves the old entries unused without clearing
+    /// them.
+    pub(super) fn reset(&mut self, n_nodes: usize) {
+        self.tables_valid = false;
+        self.loaded_rows = 0;
+        self.loaded.clear();
+        if self.left_cache.len() < n_nodes {
+            self.left_cache.resize(n_nodes, (0, [0; WORDS]));
+        }
+    }
+}
+
+/// The loaded block, as nodes read it.
+struct BlockView<'a> {
+    cols: &'a [f64],
+    tables: &'a [RowSet],
+    table_of: &'a [(u32, u32)],
+}
+
+fn and(a: &RowSet, b: &RowSet) -> RowSet {
+    std::array::from_fn(|w| a[w] & b[w])
 }
 
 fn count(s: &RowSet) -> u32 {
@@ -125,63 +175,117 @@ impl Forest {
             for r in 0..block_out.len() {
                 all[r / 64] |= 1 << (r % 64);
             }
+            let BlockScratch {
+                cols,
+                tables,
+                table_of,
+                sets,
+                tree_out,
+                stable,
+                generation,
+                left_cache,
+                ..
+            } = &mut *scratch;
+            let ctx = BlockView {
+                cols,
+                tables,
+                table_of,
+            };
+            tree_out.resize(BLOCK, 0.0);
+            let tree_out = &mut tree_out[..block_out.len()];
             for (root, size, linear) in trees.clone() {
                 if root < 0 {
-                    self.add_leaf(!root as usize, linear, &all, block_rows, block_out);
-                    continue;
-                }
-                let BlockScratch {
-                    cols,
-                    tables,
-                    table_of,
-                    sets,
-                } = &mut *scratch;
-                // Nodes are in pre-order, so a node's set is complete before it is visited.
-                let base = root as usize;
-                sets.clear();
-                sets.resize(size as usize, [0u64; WORDS]);
-                sets[0] = all;
-                for k in 0..size as usize {
-                    let rows_here = sets[k];
-                    if is_empty(&rows_here) {
-                        continue;
-                    }
-                    let i = base + k;
-                    let left = self.rows_left(nodes, i, &rows_here, cols, tables, table_of);
-                    let mut right = rows_here;
-                    for (r, l) in right.iter_mut().zip(&left) {
-                        *r &= !l;
-                    }
-                    for (child, set) in [(nodes.left[i], left), (nodes.right[i], right)] {
-                        if child < 0 {
-                            if !is_empty(&set) {
-                                self.add_leaf(!child as usize, linear, &set, block_rows, block_out);
+                    // A single leaf: every row gets it.
+                    self.set_leaf(!root as usize, linear, &all, block_rows, tree_out);
+                } else {
+                    // Nodes are in pre-order, so a node's set is complete before it is visited.
+                    let base = root as usize;
+                    sets.clear();
+                    sets.resize(size as usize, [0u64; WORDS]);
+                    sets[0] = all;
+                    for k in 0..size as usize {
+                        let rows_here = sets[k];
+                        if is_empty(&rows_here) {
+                            continue;
+                        }
+                        let i = base + k;
+                        let f = nodes.feature[i] as usize;
+                        let left = if stable[f] {
+                            let (generation_of, cached) = &mut left_cache[nodes.orig[i] as usize];
+                            if *generation_of != generation[f] {
+                                *cached = self.rows_left(nodes, i, &all, &ctx);
+                                *generation_of = generation[f];
                             }
+                            and(cached, &rows_here)
                         } else {
-                            sets[child as usize - base] = set;
+                            self.rows_left(nodes, i, &rows_here, &ctx)
+                        };
+                        let mut right = rows_here;
+                        for (r, l) in right.iter_mut().zip(&left) {
+                            *r &= !l;
+                        }
+                        for (child, set) in [(nodes.left[i], left), (nodes.right[i], right)] {
+                            if child < 0 {
+                                self.set_leaf(!child as usize, linear, &set, block_rows, tree_out);
+                            } else {
+                                sets[child as usize - base] = set;
+                            }
                         }
                     }
+                }
+                // Every row reached exactly one leaf: one vectorizable pass adds the tree.
+                for (o, t) in block_out.iter_mut().zip(&*tree_out) {
+                    *o += t;
                 }
             }
         }
     }
 
-    /// Fills the column-major copy and the category tables of one block.
+    /// Fills the column-major copy and the category tables of one block, noting which
+    /// columns are the same as in the block before.
     fn load_block(&self, scratch: &mut BlockScratch, constant: &[bool], rows: &[f64]) {
         let nf = self.n_features;
+        let n_rows = rows.len() / nf;
         scratch.cols.resize(nf * BLOCK, 0.0);
+        scratch.loaded.resize(nf, false);
+        scratch.stable.resize(nf, false);
+        scratch.generation.resize(nf, 0);
+        let same_rows = scratch.loaded_rows == n_rows;
+        let mut tables_still_valid = true;
+        for f in 0..nf {
+            if constant[f] {
+                scratch.loaded[f] = false;
+                scratch.stable[f] = false;
+                continue;
+            }
+            let col = &mut scratch.cols[f * BLOCK..(f + 1) * BLOCK];
+            let mut same = same_rows && scratch.loaded[f];
+            for (c, row) in col.iter_mut().zip(rows.chunks_exact(nf)) {
+                let v = self.prepare(f, row[f]);
+                same &= c.to_bits() == v.to_bits();
+                *c = v;
+            }
+            if !same {
+                scratch.next_generation += 1;
+                scratch.generation[f] = scratch.next_generation;
+            }
+            scratch.loaded[f] = true;
+            scratch.stable[f] = same;
+            if self.categorical[f] {
+                tables_still_valid &= same;
+            }
+        }
+        scratch.loaded_rows = n_rows;
+        if tables_still_valid && scratch.tables_valid {
+            // Every column they were built from is unchanged.
+            return;
+        }
         scratch.tables.clear();
         scratch.table_of.clear();
         scratch.table_of.resize(nf, (0, 0));
-        for f in (0..nf).filter(|f| !constant[*f]) {
-            let col = &mut scratch.cols[f * BLOCK..(f + 1) * BLOCK];
-            for (c, row) in col.iter_mut().zip(rows.chunks_exact(nf)) {
-                *c = self.prepare(f, row[f]);
-            }
-            if !self.categorical[f] {
-                continue;
-            }
-            let n_rows = rows.len() / nf;
+        scratch.tables_valid = true;
+        for f in (0..nf).filter(|f| !constant[*f] && self.categorical[*f]) {
+            let col = &scratch.cols[f * BLOCK..(f + 1) * BLOCK];
             let codes = || col[..n_rows].iter().map(|v| v.to_bits() as u32);
             let Some(max) = codes().filter(|c| *c != NO_CATEGORY).max() else {
                 continue;
@@ -209,10 +313,13 @@ impl Forest {
         nodes: &Nodes,
         i: usize,
         rows_here: &RowSet,
-        cols: &[f64],
-        tables: &[RowSet],
-        table_of: &[(u32, u32)],
+        ctx: &BlockView<'_>,
     ) -> RowSet {
+        let BlockView {
+            cols,
+            tables,
+            table_of,
+        } = ctx;
         let f = nodes.feature[i] as usize;
         let col = &cols[f * BLOCK..(f + 1) * BLOCK];
         let kind = nodes.kind[i];
@@ -257,29 +364,31 @@ impl Forest {
         acc
     }
 
-    /// Adds leaf `leaf`'s output to the rows of `set`.
+    /// Writes leaf `leaf`'s output into `tree_out` at the rows of `set`.
     #[inline(always)]
-    fn add_leaf(
+    fn set_leaf(
         &self,
         leaf: usize,
         linear: Option<u32>,
         set: &RowSet,
         rows: &[f64],
-        out: &mut [f64],
+        tree_out: &mut [f64],
     ) {
         match linear {
             None => {
                 let value = self.leaf_value[leaf];
-                for_each_run(set, |run| {
-                    for o in &mut out[run] {
-                        *o += value;
-                    }
-                });
+                // Runs are worth their bookkeeping when they are long.
+                let starts: u32 = set.iter().map(|w| (w & !(w << 1)).count_ones()).sum();
+                if starts * 4 <= count(set) {
+                    for_each_run(set, |run| tree_out[run].fill(value));
+                } else {
+                    for_each_row(set, |r| tree_out[r] = value);
+                }
             }
             Some(_) => {
                 let nf = self.n_features;
                 for_each_row(set, |r| {
-                    out[r] += self.leaf_output(linear, leaf, &rows[r * nf..(r + 1) * nf]);
+                    tree_out[r] = self.leaf_output(linear, leaf, &rows[r * nf..(r + 1) * nf]);
                 });
             }
         }
