@@ -9,21 +9,19 @@ mod common;
 use common::{run, text};
 use serde_json::Value;
 
+/// Simulates 3,000 telemetry rows with `seed` into `out` (`sandstorm datasets generate`).
+fn generate(out: &str, seed: &str) {
+    let o = run(&[
+        "datasets", "generate", "--rows", "3000", "--seed", seed, "--out", out,
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
 #[test]
 fn train_with_search_writes_a_report_and_the_registry_promotes_only_better_models() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
-    let o = run(&[
-        "datasets",
-        "generate",
-        "--rows",
-        "3000",
-        "--seed",
-        "5",
-        "--out",
-        &p("telemetry"),
-    ]);
-    assert!(o.status.success(), "{:?}", text(&o));
+    generate(&p("telemetry"), "5");
     std::fs::write(
         tmp.path().join("train.toml"),
         "num_iterations = 40\nearly_stopping_rounds = 10\n[params]\nmax_bin = 63\n[report]\nshap_sample = 50\n",
@@ -172,17 +170,7 @@ fn an_unknown_lightgbm_parameter_is_an_error_naming_it() {
 fn train_selects_rows_with_since_and_filter_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
-    let o = run(&[
-        "datasets",
-        "generate",
-        "--rows",
-        "3000",
-        "--seed",
-        "6",
-        "--out",
-        &p("telemetry"),
-    ]);
-    assert!(o.status.success(), "{:?}", text(&o));
+    generate(&p("telemetry"), "6");
     let train = |extra: &[&str]| {
         let mut args = vec![
             "train",

@@ -3,28 +3,19 @@
 //! cuts torn tails, refuses corruption and never duplicates rows. The SIGKILL test is in
 //! `journal_crash.rs`.
 
+mod common;
+
+use common::records;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandstorm_datasets::{
-    DatasetsError, SimulatorConfig, TelemetryWriter, WAL_DIR, WriterOptions, read_parquet_dir,
-    simulate,
+    DatasetsError, TelemetryWriter, WAL_DIR, WriterOptions, read_parquet_dir,
 };
-use sandstorm_features::Catalog;
 use sandstorm_features::telemetry::{self, TelemetryRecord};
 
 const DAY_US: i64 = 86_400_000_000;
-
-/// `n` simulated rows with distinct run ids, spread over three days.
-fn records(n: usize, seed: u64) -> Vec<TelemetryRecord> {
-    let cfg = SimulatorConfig {
-        rows: n,
-        seed,
-        days: 3,
-        ..SimulatorConfig::default()
-    };
-    simulate(&Catalog::default_catalog(), &cfg).collect()
-}
 
 fn read_all(dir: &Path) -> Vec<TelemetryRecord> {
     let mut rows: Vec<TelemetryRecord> = read_parquet_dir(dir)

@@ -2,25 +2,16 @@
 //! Parquet is published with the Hive layout and removed from the spool; files a crash left in
 //! the spool (before or after their put) are published exactly once by the next writer.
 
+mod common;
+
+use common::records;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use sandstorm_datasets::{
-    Location, SimulatorConfig, TelemetryWriter, WriterOptions, read_parquet_location, simulate,
-};
-use sandstorm_features::Catalog;
-use sandstorm_features::telemetry::{self, TelemetryRecord};
+use sandstorm_datasets::{Location, TelemetryWriter, WriterOptions, read_parquet_location};
+use sandstorm_features::telemetry;
 use sandstorm_storage::test_s3::S3Server;
-
-fn rows(n: usize, seed: u64) -> Vec<TelemetryRecord> {
-    let cfg = SimulatorConfig {
-        rows: n,
-        seed,
-        days: 3,
-        ..SimulatorConfig::default()
-    };
-    simulate(&Catalog::default_catalog(), &cfg).collect()
-}
 
 fn options(spool: &Path) -> WriterOptions {
     WriterOptions {
@@ -68,7 +59,7 @@ fn compacted_files_are_published_with_the_hive_layout() {
     let location =
         Location::parse_with("--telemetry", "s3://telemetry/prod/runs", &server.config())
             .expect("location");
-    let rows = rows(200, 3);
+    let rows = records(200, 3);
     let writer = TelemetryWriter::open_at(&location, options(&spool)).expect("open");
     assert_eq!(writer.root(), spool);
     writer.append_all(&rows[..120]).expect("append");
@@ -116,7 +107,7 @@ fn a_crash_around_the_put_neither_loses_nor_duplicates_rows() {
     let remote = location.as_remote().expect("remote").clone();
     // What a writer that died after compacting leaves: Parquet in the spool, not published
     // (a local writer on the spool compacts exactly as the publishing one does).
-    let rows = rows(90, 5);
+    let rows = records(90, 5);
     let local = TelemetryWriter::open(&spool, options(&spool)).expect("open spool");
     local.append_all(&rows).expect("append");
     let files = local.close().expect("close");
@@ -163,7 +154,7 @@ fn an_unreachable_store_is_an_error_and_the_rows_stay_in_the_spool() {
     let writer =
         TelemetryWriter::open_at(&location, options(&spool)).expect("open: nothing to publish yet");
     writer
-        .append_all(&rows(10, 1))
+        .append_all(&records(10, 1))
         .expect("rows are durable in the local log");
     let err = writer.close().expect_err("the put fails");
     assert!(err.to_string().contains("s3://nowhere/t/date="), "{err}");

@@ -88,10 +88,7 @@ impl NativeModel {
         rows: &[f64],
         out: &mut [f64],
     ) -> Result<(), RouterError> {
-        self.check_shape(rows, out.len())?;
-        self.forest.raw_scores(scratch, rows, out);
-        self.transform_in_place(out);
-        Ok(())
+        self.predict_batch(scratch, rows, None, out)
     }
 
     /// [`NativeModel::predict_batch_into`] for rows whose constant features the caller has
@@ -104,7 +101,6 @@ impl NativeModel {
         constant: &[bool],
         out: &mut [f64],
     ) -> Result<(), RouterError> {
-        self.check_shape(rows, out.len())?;
         if constant.len() != self.n_features() {
             return Err(RouterError::Prediction(format!(
                 "{} constant-feature flags for {} features",
@@ -112,8 +108,18 @@ impl NativeModel {
                 self.n_features()
             )));
         }
-        self.forest
-            .raw_scores_with(scratch, rows, Some(constant), out);
+        self.predict_batch(scratch, rows, Some(constant), out)
+    }
+
+    fn predict_batch(
+        &self,
+        scratch: &mut EvalScratch,
+        rows: &[f64],
+        constant: Option<&[bool]>,
+        out: &mut [f64],
+    ) -> Result<(), RouterError> {
+        self.check_shape(rows, out.len())?;
+        self.forest.raw_scores_with(scratch, rows, constant, out);
         self.transform_in_place(out);
         Ok(())
     }
