@@ -6,6 +6,12 @@
 //! files are older than that build, so a binary built from one checkout could otherwise look
 //! for test data, or point `sandstorm policy new` at the guest SDK, in the other.
 
+//!
+//! `CARGO_MANIFEST_DIR` is set by Cargo for the build script, not in Cargo's own
+//! environment, so watching it never sees a change; `.cargo/config.toml` sets
+//! `SANDSTORM_CHECKOUT` to the checkout's absolute path (`relative = true`), which Cargo
+//! does compare between builds.
+
 fn main() {
-    println!("cargo:rerun-if-env-changed=CARGO_MANIFEST_DIR");
+    println!("cargo:rerun-if-env-changed=SANDSTORM_CHECKOUT");
 }

@@ -12,13 +12,15 @@
 //! * `decision/{16,64,256}`: `Router::decide_with` end to end (enumerate, filter, encode,
 //!   predict 4 models, rank, explain) with a reused `Scratch`, each call with the next of
 //!   eight different requests (language, resources, timeout, code size, strategy: the
-//!   request's features and the burn rates change from call to call, so nothing that depends
-//!   on them can be reused; what depends only on the candidates can), and
+//!   request's features and the burn rates change from call to call and recur every eighth
+//!   call), and
 //!   `decision/256+eu-residency-policy`: the same with the eu-residency WASM policy consulted,
 //!   `decision/16+{epsilon,thompson}`: 16 candidates with exploration on (ε = 0.1; Thompson
 //!   with 256 Monte-Carlo draws).
-//!   `decision/256-same-request`: one request over and over (the folded forests are reused
-//!   too).
+//!   `decision/256-same-request`: one request over and over;
+//!   `decision/256-unique-requests`: requests that each ask for resources no other asks
+//!   for, so the candidates' burn rates are new on every call and only what depends on the
+//!   candidates alone can be reused.
 //! * After criterion, a custom timing loop (not criterion) prints p50/p99 of whole decisions.
 
 use std::hint::black_box;
@@ -69,12 +71,36 @@ const MIX: [(&str, &str, &str, u32, u32, u32); 8] = [
     ("python", "pytest -q", "optimize_cost", 90, 1, 1024),
 ];
 
+/// Requests of the `*-unique-requests` case, decided in turn; more than any bench runs
+/// between two uses of the same request.
+const UNIQUE: usize = 8192;
+
+/// [`UNIQUE`] requests that all ask for different memory (128 MiB + i), with the mix's
+/// languages, commands and strategies, 1–4 vCPUs and 5–600 s: the burn rate of every
+/// candidate differs from request to request, so nothing that depends on it can be reused.
+fn unique_requests() -> Vec<RunRequest> {
+    (0..UNIQUE)
+        .map(|i| {
+            let (language, command, strategy, ..) = MIX[i % MIX.len()];
+            let yaml = format!(
+                "language: {language}\ncommand: \"{command}\"\nstrategy: {strategy}\ntimeout_s: {}\nresources:\n  cpu: {}\n  memory_mib: {}\n",
+                5 + (i * 37) % 596,
+                1 + i % 4,
+                128 + i
+            );
+            RunRequest::from_yaml(&yaml).expect("unique request")
+        })
+        .collect()
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     models_dir: std::path::PathBuf,
     request: RunRequest,
     /// The requests of [`MIX`].
     mix: Vec<RunRequest>,
+    /// [`UNIQUE`] requests whose resources all differ (see [`unique_requests`]).
+    unique: Vec<RunRequest>,
     ctx: DecisionContext,
     /// Encoded rows of the 256 candidates of the catalog for one request.
     rows: Vec<f64>,
@@ -121,6 +147,7 @@ fn fixture() -> Fixture {
             RunRequest::from_yaml(&yaml).expect("mix request")
         })
         .collect();
+    let unique = unique_requests();
     let ctx = DecisionContext::at(datetime!(2026-02-03 14:00 UTC));
     let models = ModelSet::load(dir.path()).expect("models");
     let candidates = catalog.candidates();
@@ -146,6 +173,7 @@ fn fixture() -> Fixture {
         _dir: dir,
         request,
         mix,
+        unique,
         ctx,
         rows,
     }
@@ -231,19 +259,24 @@ fn routers(fx: &Fixture) -> Vec<(String, usize, Router)> {
             .expect("valid exploration");
         out.push((format!("16+{name}"), 16, router));
     }
-    let models = ModelSet::load(&fx.models_dir).expect("models");
-    out.push((
-        "256-same-request".to_owned(),
-        256,
-        Router::new(&catalog_with(256), models),
-    ));
+    for case in ["256-same-request", "256-unique-requests"] {
+        let models = ModelSet::load(&fx.models_dir).expect("models");
+        out.push((
+            case.to_owned(),
+            256,
+            Router::new(&catalog_with(256), models),
+        ));
+    }
     out
 }
 
-/// The requests a case decides, in turn: the mix, or the one request for `*-same-request`.
+/// The requests a case decides, in turn: the mix, the one request for `*-same-request`, or
+/// requests never seen before for `*-unique-requests`.
 fn requests_of<'a>(fx: &'a Fixture, name: &str) -> &'a [RunRequest] {
     if name.ends_with("same-request") {
         std::slice::from_ref(&fx.request)
+    } else if name.ends_with("unique-requests") {
+        &fx.unique
     } else {
         &fx.mix
     }
@@ -254,7 +287,7 @@ fn decisions(c: &mut Criterion, fx: &Fixture) {
     for (name, n, router) in routers(fx) {
         let mut scratch = Scratch::with_capacity(n);
         let requests = requests_of(fx, &name);
-        for request in requests {
+        for request in requests.iter().take(MIX.len()) {
             let d = router
                 .decide_with(&mut scratch, request, &fx.ctx, &|_| None)
                 .expect("decision");

@@ -360,8 +360,8 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
             .map_err(|m| format!("with constant columns {constant:?}: {m}"))?;
     }
     // One scratch over a sequence of batches of one block (what the router does): repeats,
-    // which it caches, interleaved with a changed value, a row fewer and other constant
-    // columns.
+    // which it caches, interleaved with a changed value, a row fewer, other constant columns
+    // and small batches, and returns to earlier contents.
     let native = NativeModel::from_text(text).map_err(|e| format!("native load: {e}"))?;
     let base = rows[..n.min(200) * nf].to_vec();
     let nb = base.len() / nf;
@@ -371,9 +371,32 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
     let shorter = base[..(nb - 1) * nf].to_vec();
     let constant: Vec<bool> = (0..nf).map(|_| rng.chance(0.5)).collect();
     let variant = with_constant_columns(&base, nf, &constant, rng.below(nb));
+    // Small batches are walked row by row, with the same remembered leaves.
+    let small = base[..nb.min(20) * nf].to_vec();
+    let small_variant = variant[..nb.min(20) * nf].to_vec();
     let sequence = [
-        &base, &base, &base, &changed, &changed, &changed, &base, &base, &shorter, &shorter,
-        &shorter, &variant, &variant, &variant, &base, &base,
+        &base,
+        &base,
+        &base,
+        &changed,
+        &changed,
+        &changed,
+        &base,
+        &base,
+        &shorter,
+        &shorter,
+        &shorter,
+        &variant,
+        &variant,
+        &variant,
+        &base,
+        &base,
+        &small,
+        &small,
+        &small_variant,
+        &small,
+        &changed,
+        &base,
     ];
     let mut shared = EvalScratch::default();
     for (b, batch) in sequence.into_iter().enumerate() {

@@ -21,11 +21,13 @@
 //! A batch is evaluated tree by tree over blocks of rows (see [`block`]): each tree adds its
 //! output to every row's `f64` sum before the next tree does, so every row sums its trees in
 //! tree order, as `GBDT::PredictRaw` does. Features that are constant over a batch (the
-//! request's features when the rows are the candidates of one request) are folded first:
-//! nodes on them are resolved once per batch, and rows meet only the nodes that tell them
-//! apart.
+//! request's features when the rows are the candidates of one request) are folded: nodes on
+//! them are resolved once per tree and batch, and rows meet only the nodes that tell them
+//! apart. Which leaf each row reaches in a tree is remembered across batches (see [`memo`])
+//! while the tree folds the same way and the columns it reads are unchanged.
 
 mod block;
+mod memo;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,8 +36,14 @@ use super::text::RawTree;
 /// `kZeroThreshold` of include/LightGBM/meta.h: the float literal `1e-35f` widened to double.
 pub(crate) const K_ZERO_THRESHOLD: f64 = 1e-35_f32 as f64;
 
-/// Batches up to this many rows are evaluated row by row; larger ones in row-set blocks.
+/// Batches up to this many rows are walked row by row; larger ones with row sets.
 const SMALL_BATCH: usize = 32;
+/// Largest tree (in internal nodes) whose leaves per row are remembered across batches: its
+/// nodes fit the bits of a `u128` signature and its leaf indices a byte.
+const MAX_MEMO_NODES: u32 = 127;
+/// Most features a forest can have for its trees' leaves to be remembered: the features a
+/// folded tree reads are the bits of a `u128`.
+const MAX_MEMO_FEATURES: usize = 128;
 /// Category code of NaN, negative and out-of-range values: in no bitset.
 const NO_CATEGORY: u32 = u32::MAX;
 
@@ -55,6 +63,12 @@ struct TreeRoot {
     size: u32,
     /// Index into `Forest::linear` when the tree has linear leaves.
     linear: Option<u32>,
+    /// Global index of its first leaf; its leaves are `first_leaf..=first_leaf + size`.
+    first_leaf: u32,
+    /// Whether the leaves its rows reach are remembered across batches (see [`memo`]): it
+    /// has internal nodes, no linear leaves, at most [`MAX_MEMO_NODES`] of them, and the
+    /// forest at most [`MAX_MEMO_FEATURES`] features.
+    memoized: bool,
 }
 
 /// The linear models of one tree's leaves (`linear_tree=true`).
@@ -66,7 +80,7 @@ struct LinearTree {
     terms: Vec<Vec<(usize, f64)>>,
 }
 
-/// Internal nodes in struct-of-arrays form: a model's own, or a batch's folded copy.
+/// Internal nodes in struct-of-arrays form.
 #[derive(Debug, Clone, Default)]
 struct Nodes {
     feature: Vec<u32>,
@@ -79,37 +93,11 @@ struct Nodes {
     cat_start: Vec<u32>,
     /// Length in words of a categorical node's bitset (0 for numerical nodes).
     cat_len: Vec<u32>,
-    /// Index of the node in the model's own nodes (itself there; the original in a folded
-    /// copy), which keys the per-node caches of [`block::BlockScratch`].
-    orig: Vec<u32>,
 }
 
 impl Nodes {
     fn len(&self) -> usize {
         self.feature.len()
-    }
-
-    fn clear(&mut self) {
-        self.feature.clear();
-        self.threshold.clear();
-        self.kind.clear();
-        self.left.clear();
-        self.right.clear();
-        self.cat_start.clear();
-        self.cat_len.clear();
-        self.orig.clear();
-    }
-
-    /// Appends a copy of node `i` of `from` with the given children.
-    fn push_copy(&mut self, from: &Nodes, i: usize, left: i32, right: i32) {
-        self.feature.push(from.feature[i]);
-        self.threshold.push(from.threshold[i]);
-        self.kind.push(from.kind[i]);
-        self.left.push(left);
-        self.right.push(right);
-        self.cat_start.push(from.cat_start[i]);
-        self.cat_len.push(from.cat_len[i]);
-        self.orig.push(from.orig[i]);
     }
 
     /// Whether a prepared value `v` (see [`Forest::prepare`]) goes to the left child of node
@@ -152,64 +140,30 @@ impl Nodes {
     }
 }
 
-/// Reusable buffers for batch prediction (see [`crate::NativeModel::predict_batch_into`]):
-/// the folded forest and the column blocks of the current batch. One per worker and model;
-/// never shared.
+/// Reusable buffers for batch prediction (see [`crate::NativeModel::predict_batch_into`]).
+/// One per worker and model; never shared.
 ///
 /// What depends only on the input stays cached for the next batch of the same forest: the
-/// folded forest while the constant features keep their values, and the rows that go left at
-/// each node while its feature's column is the same (the candidates of consecutive requests
-/// mostly are). Using a scratch with another forest drops the caches.
+/// rows that go left at each node while its feature's column is the same (the candidates of
+/// consecutive requests mostly are), and per tree the leaf each row reached, while the
+/// tree folds the same way on the batch's constant features and the columns it reads are
+/// the same. Using a scratch with another forest drops the caches.
 #[derive(Debug, Clone, Default)]
 pub struct EvalScratch {
     /// [`Forest::id`] of the forest the caches belong to (0: none yet).
     forest: u64,
-    /// Prepared rows (see [`Forest::prepare`]): row 0 for folding, or the whole batch when
-    /// it is walked row by row.
+    /// Prepared rows (see [`Forest::prepare`]) of a batch walked row by row.
     x: Vec<f64>,
+    /// Prepared row 0 of the batch: the values of its constant features.
+    x0: Vec<f64>,
     /// Per feature: whether every row has the same value (same bits).
     constant: Vec<bool>,
-    folded: Folded,
+    /// Per row of the block: the output of the leaf it reached in the current tree.
+    tree_out: Vec<f64>,
     block: block::BlockScratch,
-}
-
-/// The folded forest of a batch.
-#[derive(Debug, Clone, Default)]
-struct Folded {
-    /// Per tree: root of its folded copy (node index into `nodes` or `!leaf`) and its number
-    /// of internal nodes.
-    roots: Vec<(i32, u32)>,
-    nodes: Nodes,
-    /// (original node, folded parent, is right child) still to copy.
-    stack: Vec<(i32, u32, bool)>,
-    /// Whether `roots` and `nodes` are the fold of the forest for `key_constant` and
-    /// `key_row`.
-    valid: bool,
-    /// The constant features it was folded on.
-    key_constant: Vec<bool>,
-    /// The bits of their values (the other entries are not looked at).
-    key_row: Vec<u64>,
-}
-
-impl Folded {
-    /// Whether this is the fold for the features marked in `constant` having row 0's values.
-    fn is_for(&self, constant: &[bool], row0: &[f64]) -> bool {
-        self.valid
-            && self.key_constant == constant
-            && constant
-                .iter()
-                .zip(&self.key_row)
-                .zip(row0)
-                .all(|((c, k), v)| !c || *k == v.to_bits())
-    }
-
-    fn remember(&mut self, constant: &[bool], row0: &[f64]) {
-        self.key_constant.clear();
-        self.key_constant.extend_from_slice(constant);
-        self.key_row.clear();
-        self.key_row.extend(row0.iter().map(|v| v.to_bits()));
-        self.valid = true;
-    }
+    memo: memo::Memo,
+    /// The outputs of the block's memoized trees, still to add.
+    terms: Vec<block::Term>,
 }
 
 /// Source of [`Forest::id`].
@@ -281,10 +235,16 @@ impl Forest {
             } else {
                 f.push_subtree(tree, first_leaf, cat_base)
             };
+            let size = (tree.num_leaves - 1) as u32;
             f.trees.push(TreeRoot {
                 root,
-                size: (tree.num_leaves - 1) as u32,
+                size,
                 linear,
+                first_leaf: first_leaf as u32,
+                memoized: root >= 0
+                    && linear.is_none()
+                    && size <= MAX_MEMO_NODES
+                    && n_features <= MAX_MEMO_FEATURES,
             });
         }
         let mut numerical = vec![false; n_features];
@@ -340,7 +300,6 @@ impl Forest {
         let n = &mut self.nodes;
         let dt = tree.decision_type[node];
         let t = tree.threshold[node];
-        n.orig.push(n.feature.len() as u32);
         n.feature.push(tree.split_feature[node] as u32);
         n.left.push(left);
         n.right.push(right);
@@ -407,57 +366,33 @@ impl Forest {
         let Some(row0) = rows.get(..self.n_features) else {
             return;
         };
-        if scratch.forest != self.id {
-            scratch.forest = self.id;
-            scratch.folded.valid = false;
-            scratch.block.reset(self.nodes.len());
-        }
-        let EvalScratch {
-            forest: _,
-            x,
-            constant,
-            folded,
-            block,
-        } = scratch;
         if out.len() == 1 {
-            self.prepare_rows(row0, x);
+            self.prepare_rows(row0, &mut scratch.x);
             let trees = self.trees.iter().map(|t| (t.root, t.linear));
-            self.walk_rows(&self.nodes, trees, x, rows, out);
+            self.walk_rows(trees, &scratch.x, rows, out);
             return;
         }
-        let fold = match known_constant {
-            Some(known) => {
-                constant.clear();
-                constant.extend_from_slice(known);
-                known.contains(&true)
-            }
-            None => constant_features(rows, self.n_features, constant),
-        };
-        if fold && !folded.is_for(constant, row0) {
-            self.prepare_rows(row0, x);
-            self.fold(folded, constant, x);
-            folded.remember(constant, row0);
+        if scratch.forest != self.id {
+            scratch.forest = self.id;
+            scratch.block.reset(self.nodes.len());
+            scratch.memo.reset(self.trees.len(), self.n_features);
         }
-        let (nodes, roots): (&Nodes, &[(i32, u32)]) = if fold {
-            (&folded.nodes, &folded.roots)
-        } else {
-            (&self.nodes, &[])
-        };
-        let tree = |i: usize, t: &TreeRoot| match roots.get(i) {
-            Some((root, size)) => (*root, *size, t.linear),
-            None => (t.root, t.size, t.linear),
-        };
-        if out.len() <= SMALL_BATCH {
-            // Few rows: walking each of them costs less than setting up row sets.
-            self.prepare_rows(rows, x);
-            let trees = self.trees.iter().enumerate().map(|(i, t)| {
-                let (root, _, linear) = tree(i, t);
-                (root, linear)
-            });
-            self.walk_rows(nodes, trees, x, rows, out);
-        } else {
-            let trees = self.trees.iter().enumerate().map(|(i, t)| tree(i, t));
-            self.evaluate_blocks(block, nodes, trees, constant, rows, out);
+        match known_constant {
+            Some(known) => {
+                scratch.constant.clear();
+                scratch.constant.extend_from_slice(known);
+            }
+            None => {
+                constant_features(rows, self.n_features, &mut scratch.constant);
+            }
+        }
+        self.prepare_rows(row0, &mut scratch.x0);
+        let nf = self.n_features;
+        for (block_rows, block_out) in rows
+            .chunks(block::BLOCK * nf)
+            .zip(out.chunks_mut(block::BLOCK))
+        {
+            self.evaluate_block(scratch, block_rows, block_out);
         }
     }
 
@@ -465,7 +400,6 @@ impl Forest {
     /// of `x` from the root to its leaf, tree by tree.
     fn walk_rows(
         &self,
-        nodes: &Nodes,
         trees: impl Iterator<Item = (i32, Option<u32>)>,
         x: &[f64],
         rows: &[f64],
@@ -474,7 +408,7 @@ impl Forest {
         let nf = self.n_features;
         for (root, linear) in trees {
             for ((rx, row), o) in x.chunks_exact(nf).zip(rows.chunks_exact(nf)).zip(&mut *out) {
-                let leaf = nodes.leaf_of(root, rx, &self.cat_words);
+                let leaf = self.nodes.leaf_of(root, rx, &self.cat_words);
                 *o += self.leaf_output(linear, !leaf as usize, row);
             }
         }
@@ -508,59 +442,6 @@ impl Forest {
                 .enumerate()
                 .map(|(i, v)| self.prepare(i % nf, *v)),
         );
-    }
-
-    /// Builds the folded forest of a batch whose constant features have the values of the
-    /// prepared row `x` (row 0 of the batch).
-    fn fold(&self, folded: &mut Folded, constant: &[bool], x: &[f64]) {
-        let Folded {
-            roots,
-            nodes,
-            stack,
-            ..
-        } = folded;
-        roots.clear();
-        nodes.clear();
-        let src = &self.nodes;
-        // Follows nodes on constant features to the first node that depends on the row.
-        let resolve = |mut n: i32| {
-            while n >= 0 && constant[src.feature[n as usize] as usize] {
-                n = src.step(n as usize, x, &self.cat_words);
-            }
-            n
-        };
-        for tree in &self.trees {
-            let root = resolve(tree.root);
-            if root < 0 {
-                roots.push((root, 0));
-                continue;
-            }
-            let start = nodes.len();
-            stack.clear();
-            stack.push((root, u32::MAX, false));
-            while let Some((orig, parent, is_right)) = stack.pop() {
-                let at = nodes.len() as i32;
-                if parent != u32::MAX {
-                    let slot = if is_right {
-                        &mut nodes.right[parent as usize]
-                    } else {
-                        &mut nodes.left[parent as usize]
-                    };
-                    *slot = at;
-                }
-                let i = orig as usize;
-                let (l, r) = (resolve(src.left[i]), resolve(src.right[i]));
-                // Internal children's indices are filled in when they are copied.
-                nodes.push_copy(src, i, l, r);
-                if r >= 0 {
-                    stack.push((r, at as u32, true));
-                }
-                if l >= 0 {
-                    stack.push((l, at as u32, false));
-                }
-            }
-            roots.push((start as i32, (nodes.len() - start) as u32));
-        }
     }
 
     /// The output of global leaf `leaf` for the original `row` (`Tree::Predict`).
@@ -818,6 +699,24 @@ mod tests {
             (&a, batch(100, 1.0, 3)),
             (&a, batch(100, 1.0, 3)),
             (&a, base.clone()),
+            (&a, base.clone()),
+            // Another constant value that folds the trees the same way: leaves remembered.
+            (&a, batch(100, 0.2, 0)),
+            // The same fold with a changed column: not remembered.
+            (&a, batch(100, 0.2, 1)),
+            // Back to contents seen before: their generation (and leaves) come back.
+            (&a, base.clone()),
+            (&a, batch(100, 0.2, 1)),
+            // Small batches, walked row by row.
+            (&a, batch(10, 0.0, 0)),
+            (&a, batch(10, 0.3, 0)),
+            (&a, batch(10, 0.0, 2)),
+            (&a, batch(10, 1.0, 2)),
+            (&a, batch(10, 0.0, 0)),
+            // Several blocks: each compares with the block before.
+            (&a, batch(2 * block::BLOCK + 44, 0.0, 0)),
+            (&a, batch(2 * block::BLOCK + 44, 0.0, 0)),
+            (&a, batch(2 * block::BLOCK + 44, 0.0, 1)),
             (&a, base),
         ];
         let mut shared = EvalScratch::default();

@@ -2,9 +2,10 @@
 //!
 //! Instead of walking each row from the root to a leaf, a tree is walked once for the whole
 //! block with the *set* of rows that reach each node, a [`RowSet`] of bits. At a node the set
-//! splits into the rows that go left and the rest; a leaf adds its value to every row of its
-//! set. Each row still meets exactly the nodes on its own path and gets exactly one leaf per
-//! tree, but the work per node is shared by the rows that reach it:
+//! splits into the rows that go left and the rest (all of it goes one way at a node on a
+//! feature that is constant over the batch); a leaf is noted for every row of its set. Each
+//! row still meets exactly the nodes on its own path and gets exactly one leaf per tree, but
+//! the work per node is shared by the rows that reach it:
 //!
 //! * a numerical node reached by many rows compares the whole column of the block with its
 //!   threshold in one tight loop over a column-major copy of the block;
@@ -14,13 +15,21 @@
 //!   single-row walk (`Nodes::goes_left`).
 //!
 //! Which rows of a block go left at a node depends only on the node and its feature's column.
-//! When a column is bit-identical to the one of the previous block evaluated with the same
-//! scratch — the router scores the same candidates for request after request, and most
-//! candidate features (provider, region, prices) do not depend on the request — the set of
-//! the block's rows that go left at each node on that feature is computed once and kept, and
-//! a node costs one AND with the rows that reach it.
+//! Each column's contents have a generation (the same contents, the same generation, also
+//! when a column returns to contents it held a few batches before): the router scores the
+//! same candidates for request after request, and most candidate features (provider,
+//! region, prices) do not depend on the request, so the set of the block's rows that go left
+//! at each node is kept with its column's generation, and while that holds a node costs one
+//! AND with the rows that reach it. The leaves themselves are remembered per tree (see
+//! [`super::memo`]); with small batches (up to [`SMALL_BATCH`] rows) a missing tree is
+//! walked row by row instead of with row sets.
+//!
+//! The trees' outputs are added to the rows' sums in tree order, several trees per pass.
 
-use super::{CATEGORICAL, Forest, NAN_LEFT, NO_CATEGORY, Nodes, ZERO};
+use super::memo::{Folding, Memo};
+use super::{
+    CATEGORICAL, EvalScratch, Forest, NAN_LEFT, NO_CATEGORY, Nodes, SMALL_BATCH, TreeRoot, ZERO,
+};
 
 /// Rows per block.
 pub(super) const BLOCK: usize = 256;
@@ -42,36 +51,99 @@ pub(super) struct BlockScratch {
     tables: Vec<RowSet>,
     /// Per feature: `(offset into tables, number of codes)`; 0 codes means no table.
     table_of: Vec<(u32, u32)>,
-    /// The rows that reach each node of the current tree.
+    /// The rows that reach each node of the current tree (valid for the pending ones).
     sets: Vec<RowSet>,
-    /// Per row of the block: the output of the leaf it reached in the current tree.
-    tree_out: Vec<f64>,
+    /// The nodes of the current tree that some rows reach and that are still to visit.
+    pending: Vec<u64>,
     /// Whether `tables` and `table_of` describe the categorical columns in `cols`.
     tables_valid: bool,
     /// Number of rows of the block in `cols` (0: none).
     loaded_rows: usize,
     /// Per feature: whether `cols` holds its column of the last block.
     loaded: Vec<bool>,
-    /// Per feature: whether its column is the same as in the block before (then the cached
-    /// row sets of its nodes apply).
+    /// Per feature: whether its column has contents seen before (then the row sets cached
+    /// for its nodes may apply).
     stable: Vec<bool>,
-    /// Per feature: generation of its column's contents; a new one whenever it changes.
+    /// Per feature: generation of its column's contents. Equal generations of a feature mean
+    /// bit-identical contents (and number of rows); contents not seen before (or forgotten)
+    /// get a new one.
     generation: Vec<u64>,
     next_generation: u64,
-    /// Per node of the forest (by `Nodes::orig`): the generation of its feature's column the
-    /// set was computed for (0: never) and the rows of the whole block that go left.
+    /// Per feature: earlier contents of its column and their generations.
+    history: Vec<History>,
+    /// The column being loaded.
+    fresh: Vec<f64>,
+    /// Per node of the forest: the generation of its feature's column the set was computed
+    /// for (0: never) and the rows of the whole block that go left.
     left_cache: Vec<(u64, RowSet)>,
+}
+
+/// Contents a column has held, kept so that a column that returns to one of them gets its
+/// generation back, and the row sets and leaves cached for that generation apply again (the
+/// burn rate of a candidate depends on the request's resources, which recur).
+#[derive(Debug, Clone, Default)]
+struct History {
+    /// (generation, 0 for an empty slot; when it was kept; the contents).
+    versions: Vec<(u64, u64, Vec<f64>)>,
+    clock: u64,
+}
+
+/// Contents kept per column.
+const VERSIONS: usize = 16;
+
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+impl History {
+    fn clear(&mut self) {
+        for v in &mut self.versions {
+            v.0 = 0;
+        }
+    }
+
+    /// Keeps `values` as the contents of `generation`, in place of the least recently kept
+    /// version when all slots are taken.
+    fn keep(&mut self, generation: u64, values: &[f64]) {
+        self.clock += 1;
+        let slot = match self.versions.iter().position(|v| v.0 == 0) {
+            Some(empty) => empty,
+            None if self.versions.len() < VERSIONS => {
+                self.versions.push((0, 0, Vec::new()));
+                self.versions.len() - 1
+            }
+            None => (0..self.versions.len())
+                .min_by_key(|i| self.versions[*i].1)
+                .unwrap_or(0),
+        };
+        let (g, kept_at, contents) = &mut self.versions[slot];
+        *g = generation;
+        *kept_at = self.clock;
+        contents.clear();
+        contents.extend_from_slice(values);
+    }
+
+    /// The generation of the kept version with exactly these contents, if any; it is no
+    /// longer kept (it becomes the column's current contents).
+    fn take(&mut self, values: &[f64]) -> Option<u64> {
+        let v = self
+            .versions
+            .iter_mut()
+            .find(|v| v.0 != 0 && same_bits(&v.2, values))?;
+        Some(std::mem::take(&mut v.0))
+    }
 }
 
 impl BlockScratch {
     /// Forgets every cached column and row set, for a forest of `n_nodes` internal nodes.
-    /// Cheap: no column counts as loaded, so each gets a generation newer than any cached
-    /// set's (generations only grow), which leaves the old entries unused without clearing
-    /// them.
+    /// Cheap: no column counts as loaded and no earlier contents are kept, so each gets a
+    /// generation newer than any cached set's (generations only grow), which leaves the old
+    /// entries unused without clearing them.
     pub(super) fn reset(&mut self, n_nodes: usize) {
         self.tables_valid = false;
         self.loaded_rows = 0;
         self.loaded.clear();
+        self.history.iter_mut().for_each(History::clear);
         if self.left_cache.len() < n_nodes {
             self.left_cache.resize(n_nodes, (0, [0; WORDS]));
         }
@@ -155,102 +227,271 @@ fn compare_column(col: &[f64], t: f64, nan_left: bool) -> RowSet {
     out
 }
 
-impl Forest {
-    /// Adds the outputs of `trees` (root, number of internal nodes, linear model) over
-    /// `nodes` to `out`, block by block.
-    /// Features marked in `constant` have been folded away and are never looked at.
-    pub(super) fn evaluate_blocks(
-        &self,
-        scratch: &mut BlockScratch,
-        nodes: &Nodes,
-        trees: impl Iterator<Item = (i32, u32, Option<u32>)> + Clone,
+impl BlockScratch {
+    /// Walks `tree` over the loaded block of `n` rows with row sets; calls `leaf` with every
+    /// leaf reached (global index) and its rows. Nodes on `constant` features (values in the
+    /// prepared row `x0`) send all their rows one way.
+    fn walk(
+        &mut self,
+        forest: &Forest,
+        tree: &TreeRoot,
         constant: &[bool],
-        rows: &[f64],
-        out: &mut [f64],
+        x0: &[f64],
+        n: usize,
+        mut leaf: impl FnMut(usize, &RowSet),
     ) {
-        let nf = self.n_features;
-        for (block_rows, block_out) in rows.chunks(BLOCK * nf).zip(out.chunks_mut(BLOCK)) {
-            self.load_block(scratch, constant, block_rows);
-            let mut all = [0u64; WORDS];
-            for r in 0..block_out.len() {
-                all[r / 64] |= 1 << (r % 64);
+        let all: RowSet = std::array::from_fn(|w| match n.saturating_sub(w * 64) {
+            0 => 0,
+            r @ 1..64 => (1 << r) - 1,
+            _ => u64::MAX,
+        });
+        if tree.root < 0 {
+            leaf(!tree.root as usize, &all);
+            return;
+        }
+        let BlockScratch {
+            cols,
+            tables,
+            table_of,
+            sets,
+            pending,
+            stable,
+            generation,
+            left_cache,
+            ..
+        } = self;
+        let ctx = BlockView {
+            cols,
+            tables,
+            table_of,
+        };
+        let nodes = &forest.nodes;
+        let base = tree.root as usize;
+        let size = tree.size as usize;
+        if sets.len() < size {
+            sets.resize(size, [0u64; WORDS]);
+        }
+        pending.clear();
+        pending.resize(size.div_ceil(64), 0);
+        sets[0] = all;
+        pending[0] = 1;
+        // Sends a non-empty set of rows to a leaf, or to a node (which becomes pending).
+        let mut send = |child: i32, set: RowSet, sets: &mut [RowSet], pending: &mut [u64]| {
+            if is_empty(&set) {
+                return;
             }
-            let BlockScratch {
-                cols,
-                tables,
-                table_of,
-                sets,
-                tree_out,
-                stable,
-                generation,
-                left_cache,
-                ..
-            } = &mut *scratch;
-            let ctx = BlockView {
-                cols,
-                tables,
-                table_of,
-            };
-            tree_out.resize(BLOCK, 0.0);
-            let tree_out = &mut tree_out[..block_out.len()];
-            for (root, size, linear) in trees.clone() {
-                if root < 0 {
-                    // A single leaf: every row gets it.
-                    self.set_leaf(!root as usize, linear, &all, block_rows, tree_out);
+            if child < 0 {
+                leaf(!child as usize, &set);
+            } else {
+                let k = child as usize - base;
+                sets[k] = set;
+                pending[k / 64] |= 1 << (k % 64);
+            }
+        };
+        // Only the nodes some rows reach are visited, lowest first: nodes are in pre-order, so
+        // a node's set is complete before it is visited.
+        let mut word = 0;
+        while word < pending.len() {
+            let bits = pending[word];
+            if bits == 0 {
+                word += 1;
+                continue;
+            }
+            pending[word] = bits & (bits - 1);
+            let k = word * 64 + bits.trailing_zeros() as usize;
+            let rows_here = sets[k];
+            let i = base + k;
+            let f = nodes.feature[i] as usize;
+            if constant[f] {
+                let child = if nodes.goes_left(i, x0[f], &forest.cat_words) {
+                    nodes.left[i]
                 } else {
-                    // Nodes are in pre-order, so a node's set is complete before it is visited.
-                    let base = root as usize;
-                    sets.clear();
-                    sets.resize(size as usize, [0u64; WORDS]);
-                    sets[0] = all;
-                    for k in 0..size as usize {
-                        let rows_here = sets[k];
-                        if is_empty(&rows_here) {
-                            continue;
+                    nodes.right[i]
+                };
+                send(child, rows_here, sets, pending);
+                continue;
+            }
+            let left = if stable[f] {
+                let (generation_of, cached) = &mut left_cache[i];
+                if *generation_of != generation[f] {
+                    *cached = forest.rows_left(nodes, i, &all, &ctx);
+                    *generation_of = generation[f];
+                }
+                and(cached, &rows_here)
+            } else {
+                forest.rows_left(nodes, i, &rows_here, &ctx)
+            };
+            let mut right = rows_here;
+            for (r, l) in right.iter_mut().zip(&left) {
+                *r &= !l;
+            }
+            send(nodes.left[i], left, sets, pending);
+            send(nodes.right[i], right, sets, pending);
+        }
+    }
+}
+
+/// Sets `dst[r] = value` for every row `r` of `set`.
+#[inline(always)]
+fn fill_rows<T: Copy>(dst: &mut [T], set: &RowSet, value: T) {
+    // Runs are worth their bookkeeping when they are long.
+    let starts: u32 = set.iter().map(|w| (w & !(w << 1)).count_ones()).sum();
+    if starts * 4 <= count(set) {
+        for_each_run(set, |run| dst[run].fill(value));
+    } else {
+        for_each_row(set, |r| dst[r] = value);
+    }
+}
+
+/// A tree's output over a block, added to the rows' sums with its neighbours': row `r`
+/// adds `leaf_value[first + leaves[r]]`, where `leaves` is a memo entry's, or all zeros for
+/// a tree that folds to a single leaf.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Term {
+    /// The memo entry with the leaves (`None`: all zeros).
+    entry: Option<usize>,
+    first: u32,
+    len: u32,
+}
+
+/// Leaf index 0 for every row.
+static FIRST_LEAF: [u8; BLOCK] = [0; BLOCK];
+
+/// Adds `K` trees' outputs to each row's sum, in order: `values[k][leaves[k][r]]`.
+#[inline(always)]
+fn add_group<const K: usize>(out: &mut [f64], leaves: [&[u8]; K], values: [&[f64]; K]) {
+    let leaves = leaves.map(|l| &l[..out.len()]);
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut sum = *o;
+        for k in 0..K {
+            sum += values[k][usize::from(leaves[k][r])];
+        }
+        *o = sum;
+    }
+}
+
+impl Forest {
+    /// Adds the output of every tree over one block of at most [`BLOCK`] rows to `out`.
+    pub(super) fn evaluate_block(&self, scratch: &mut EvalScratch, rows: &[f64], out: &mut [f64]) {
+        let nf = self.n_features;
+        let n = out.len();
+        let small = n <= SMALL_BATCH;
+        let EvalScratch {
+            x,
+            x0,
+            constant,
+            tree_out,
+            block,
+            memo,
+            terms,
+            ..
+        } = scratch;
+        self.load_block(block, constant, rows, !small);
+        memo.begin(&block.generation);
+        if small {
+            self.prepare_rows(rows, x);
+        }
+        tree_out.resize(BLOCK, 0.0);
+        let tree_out = &mut tree_out[..n];
+        // Memoized trees are added in groups (see `add_terms`), the others one by one, all in
+        // tree order.
+        terms.clear();
+        for (t, tree) in self.trees.iter().enumerate() {
+            if !tree.memoized {
+                self.add_terms(out, terms, memo);
+                terms.clear();
+                if small {
+                    let trees = std::iter::once((tree.root, tree.linear));
+                    self.walk_rows(trees, x, rows, out);
+                    continue;
+                }
+                block.walk(self, tree, constant, x0, n, |leaf, set| {
+                    self.set_leaf(leaf, tree.linear, set, rows, tree_out);
+                });
+                for (o, v) in out.iter_mut().zip(&*tree_out) {
+                    *o += v;
+                }
+                continue;
+            }
+            let (signature, reads) = match self.folding(tree, constant, x0) {
+                Folding::Leaf(leaf) => {
+                    terms.push(Term {
+                        entry: None,
+                        first: leaf as u32,
+                        len: 1,
+                    });
+                    continue;
+                }
+                Folding::Tree(signature, reads) => (signature, reads),
+            };
+            let first = tree.first_leaf as usize;
+            let slot = memo.slot(t, signature, reads, n);
+            if !slot.hit {
+                memo.fill(&slot, signature, n, |leaves| {
+                    let local = |leaf: usize| (leaf - first) as u8;
+                    if small {
+                        for (l, rx) in leaves.iter_mut().zip(x.chunks_exact(nf)) {
+                            *l =
+                                local(!self.nodes.leaf_of(tree.root, rx, &self.cat_words) as usize);
                         }
-                        let i = base + k;
-                        let f = nodes.feature[i] as usize;
-                        let left = if stable[f] {
-                            let (generation_of, cached) = &mut left_cache[nodes.orig[i] as usize];
-                            if *generation_of != generation[f] {
-                                *cached = self.rows_left(nodes, i, &all, &ctx);
-                                *generation_of = generation[f];
-                            }
-                            and(cached, &rows_here)
-                        } else {
-                            self.rows_left(nodes, i, &rows_here, &ctx)
-                        };
-                        let mut right = rows_here;
-                        for (r, l) in right.iter_mut().zip(&left) {
-                            *r &= !l;
-                        }
-                        for (child, set) in [(nodes.left[i], left), (nodes.right[i], right)] {
-                            if child < 0 {
-                                self.set_leaf(!child as usize, linear, &set, block_rows, tree_out);
-                            } else {
-                                sets[child as usize - base] = set;
-                            }
-                        }
+                    } else {
+                        block.walk(self, tree, constant, x0, n, |leaf, set| {
+                            fill_rows(leaves, set, local(leaf));
+                        });
                     }
-                }
-                // Every row reached exactly one leaf: one vectorizable pass adds the tree.
-                for (o, t) in block_out.iter_mut().zip(&*tree_out) {
-                    *o += t;
-                }
+                });
+            }
+            terms.push(Term {
+                entry: Some(slot.index),
+                first: tree.first_leaf,
+                len: tree.size + 1,
+            });
+        }
+        self.add_terms(out, terms, memo);
+    }
+
+    /// Adds the outputs of `terms` to the rows' sums in order, four trees per pass over the
+    /// rows: each row's sum stays in a register across them.
+    fn add_terms(&self, out: &mut [f64], terms: &[Term], memo: &Memo) {
+        let n = out.len();
+        let leaves = |t: &Term| t.entry.map_or(&FIRST_LEAF[..n], |e| memo.leaves(e, n));
+        let values = |t: &Term| &self.leaf_value[t.first as usize..][..t.len as usize];
+        for group in terms.chunks(4) {
+            match group {
+                [a, b, c, d] => add_group(
+                    out,
+                    [leaves(a), leaves(b), leaves(c), leaves(d)],
+                    [values(a), values(b), values(c), values(d)],
+                ),
+                [a, b, c] => add_group(
+                    out,
+                    [leaves(a), leaves(b), leaves(c)],
+                    [values(a), values(b), values(c)],
+                ),
+                [a, b] => add_group(out, [leaves(a), leaves(b)], [values(a), values(b)]),
+                [a] => add_group(out, [leaves(a)], [values(a)]),
+                _ => {}
             }
         }
     }
 
     /// Fills the column-major copy and the category tables of one block, noting which
     /// columns are the same as in the block before.
-    fn load_block(&self, scratch: &mut BlockScratch, constant: &[bool], rows: &[f64]) {
+    fn load_block(
+        &self,
+        scratch: &mut BlockScratch,
+        constant: &[bool],
+        rows: &[f64],
+        with_tables: bool,
+    ) {
         let nf = self.n_features;
         let n_rows = rows.len() / nf;
         scratch.cols.resize(nf * BLOCK, 0.0);
         scratch.loaded.resize(nf, false);
         scratch.stable.resize(nf, false);
         scratch.generation.resize(nf, 0);
-        let same_rows = scratch.loaded_rows == n_rows;
+        scratch.history.resize_with(nf, History::default);
+        let old_rows = scratch.loaded_rows;
         let mut tables_still_valid = true;
         for f in 0..nf {
             if constant[f] {
@@ -258,24 +499,45 @@ impl Forest {
                 scratch.stable[f] = false;
                 continue;
             }
+            let prepared = || rows.chunks_exact(nf).map(|row| self.prepare(f, row[f]));
             let col = &mut scratch.cols[f * BLOCK..(f + 1) * BLOCK];
-            let mut same = same_rows && scratch.loaded[f];
-            for (c, row) in col.iter_mut().zip(rows.chunks_exact(nf)) {
-                let v = self.prepare(f, row[f]);
-                same &= c.to_bits() == v.to_bits();
-                *c = v;
-            }
+            let same = scratch.loaded[f]
+                && old_rows == n_rows
+                && prepared()
+                    .zip(&*col)
+                    .all(|(v, c)| v.to_bits() == c.to_bits());
+            let mut seen = same;
             if !same {
-                scratch.next_generation += 1;
-                scratch.generation[f] = scratch.next_generation;
+                let fresh = &mut scratch.fresh;
+                fresh.clear();
+                fresh.extend(prepared());
+                let history = &mut scratch.history[f];
+                if scratch.loaded[f] {
+                    history.keep(scratch.generation[f], &col[..old_rows]);
+                }
+                scratch.generation[f] = match history.take(fresh) {
+                    Some(generation) => {
+                        seen = true;
+                        generation
+                    }
+                    None => {
+                        scratch.next_generation += 1;
+                        scratch.next_generation
+                    }
+                };
+                col[..n_rows].copy_from_slice(fresh);
             }
             scratch.loaded[f] = true;
-            scratch.stable[f] = same;
+            scratch.stable[f] = seen;
             if self.categorical[f] {
                 tables_still_valid &= same;
             }
         }
         scratch.loaded_rows = n_rows;
+        if !with_tables {
+            scratch.tables_valid = false;
+            return;
+        }
         if tables_still_valid && scratch.tables_valid {
             // Every column they were built from is unchanged.
             return;
@@ -375,16 +637,7 @@ impl Forest {
         tree_out: &mut [f64],
     ) {
         match linear {
-            None => {
-                let value = self.leaf_value[leaf];
-                // Runs are worth their bookkeeping when they are long.
-                let starts: u32 = set.iter().map(|w| (w & !(w << 1)).count_ones()).sum();
-                if starts * 4 <= count(set) {
-                    for_each_run(set, |run| tree_out[run].fill(value));
-                } else {
-                    for_each_row(set, |r| tree_out[r] = value);
-                }
-            }
+            None => fill_rows(tree_out, set, self.leaf_value[leaf]),
             Some(_) => {
                 let nf = self.n_features;
                 for_each_row(set, |r| {
