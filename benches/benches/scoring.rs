@@ -82,15 +82,27 @@ fn unique_requests() -> Vec<RunRequest> {
     (0..UNIQUE)
         .map(|i| {
             let (language, command, strategy, ..) = MIX[i % MIX.len()];
-            let yaml = format!(
-                "language: {language}\ncommand: \"{command}\"\nstrategy: {strategy}\ntimeout_s: {}\nresources:\n  cpu: {}\n  memory_mib: {}\n",
+            let i = i as u32;
+            request_of((
+                language,
+                command,
+                strategy,
                 5 + (i * 37) % 596,
                 1 + i % 4,
-                128 + i
-            );
-            RunRequest::from_yaml(&yaml).expect("unique request")
+                128 + i,
+            ))
         })
         .collect()
+}
+
+/// The request with these (language, command, strategy, timeout, cpu, memory).
+fn request_of(
+    (language, command, strategy, timeout, cpu, memory): (&str, &str, &str, u32, u32, u32),
+) -> RunRequest {
+    let yaml = format!(
+        "language: {language}\ncommand: \"{command}\"\nstrategy: {strategy}\ntimeout_s: {timeout}\nresources:\n  cpu: {cpu}\n  memory_mib: {memory}\n"
+    );
+    RunRequest::from_yaml(&yaml).expect("request")
 }
 
 struct Fixture {
@@ -138,15 +150,7 @@ fn fixture() -> Fixture {
         );
     }
     let request = RunRequest::from_yaml(REQUEST).expect("request");
-    let mix = MIX
-        .iter()
-        .map(|(language, command, strategy, timeout, cpu, memory)| {
-            let yaml = format!(
-                "language: {language}\ncommand: \"{command}\"\nstrategy: {strategy}\ntimeout_s: {timeout}\nresources:\n  cpu: {cpu}\n  memory_mib: {memory}\n"
-            );
-            RunRequest::from_yaml(&yaml).expect("mix request")
-        })
-        .collect();
+    let mix = MIX.into_iter().map(request_of).collect();
     let unique = unique_requests();
     let ctx = DecisionContext::at(datetime!(2026-02-03 14:00 UTC));
     let models = ModelSet::load(dir.path()).expect("models");

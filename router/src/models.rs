@@ -48,7 +48,7 @@ pub(crate) struct Predictions {
     pub(crate) latency_p95_ms: Vec<f64>,
     pub(crate) cost_usd: Vec<f64>,
     pub(crate) failure_prob: Vec<f64>,
-    /// Per model (in `ModelRole::ALL` order): its folded forest and cached row sets.
+    /// Per model (in `ModelRole::ALL` order): its cached row sets and remembered leaves.
     eval: [EvalScratch; 4],
     /// Per feature: whether it has the same value in every row of the batch.
     constant: Vec<bool>,

@@ -382,9 +382,7 @@ impl Forest {
                 scratch.constant.clear();
                 scratch.constant.extend_from_slice(known);
             }
-            None => {
-                constant_features(rows, self.n_features, &mut scratch.constant);
-            }
+            None => constant_features(rows, self.n_features, &mut scratch.constant),
         }
         self.prepare_rows(row0, &mut scratch.x0);
         let nf = self.n_features;
@@ -470,20 +468,18 @@ impl Forest {
     }
 }
 
-/// Marks the features (of rows of `nf` features) whose value is bit-identical in every row;
-/// returns whether any is.
-pub(crate) fn constant_features(rows: &[f64], nf: usize, constant: &mut Vec<bool>) -> bool {
+/// Marks the features (of rows of `nf` features) whose value is bit-identical in every row.
+pub(crate) fn constant_features(rows: &[f64], nf: usize, constant: &mut Vec<bool>) {
     constant.clear();
     constant.resize(nf, true);
     let Some((first, rest)) = rows.split_at_checked(nf) else {
-        return false;
+        return;
     };
     for row in rest.chunks_exact(nf) {
         for ((c, a), b) in constant.iter_mut().zip(first).zip(row) {
             *c &= a.to_bits() == b.to_bits();
         }
     }
-    constant.contains(&true)
 }
 
 /// A threshold `t'` with `v <= t'` ⇔ `r(v) <= t` for every non-NaN `v`, where `r` maps
