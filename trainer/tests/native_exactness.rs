@@ -361,7 +361,7 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
     }
     // One scratch over a sequence of batches of one block (what the router does): repeats,
     // which it caches, interleaved with a changed value, a row fewer, other constant columns
-    // and small batches, and returns to earlier contents.
+    // and other values of them, small batches, and returns to earlier contents.
     let native = NativeModel::from_text(text).map_err(|e| format!("native load: {e}"))?;
     let base = rows[..n.min(200) * nf].to_vec();
     let nb = base.len() / nf;
@@ -371,6 +371,9 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
     let shorter = base[..(nb - 1) * nf].to_vec();
     let constant: Vec<bool> = (0..nf).map(|_| rng.chance(0.5)).collect();
     let variant = with_constant_columns(&base, nf, &constant, rng.below(nb));
+    // The same constant columns with other values (another request): remembered leaves
+    // hold where the constant nodes passed still go the same way.
+    let other_values = with_constant_columns(&base, nf, &constant, rng.below(nb));
     // Small batches are walked row by row, with the same remembered leaves.
     let small = base[..nb.min(20) * nf].to_vec();
     let small_variant = variant[..nb.min(20) * nf].to_vec();
@@ -389,6 +392,10 @@ fn compare_all(text: &str, rows: &[f64], nf: usize, rng: &mut Rng) -> Result<(),
         &variant,
         &variant,
         &variant,
+        &other_values,
+        &variant,
+        &other_values,
+        &other_values,
         &base,
         &base,
         &small,

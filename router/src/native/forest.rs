@@ -24,7 +24,8 @@
 //! request's features when the rows are the candidates of one request) are folded: nodes on
 //! them are resolved once per tree and batch, and rows meet only the nodes that tell them
 //! apart. Which leaf each row reaches in a tree is remembered across batches (see [`memo`])
-//! while the tree folds the same way and the columns it reads are unchanged.
+//! while the columns its reached nodes read are unchanged and its constant nodes go the
+//! same way.
 
 mod block;
 mod memo;
@@ -42,7 +43,7 @@ const SMALL_BATCH: usize = 32;
 /// nodes fit the bits of a `u128` signature and its leaf indices a byte.
 const MAX_MEMO_NODES: u32 = 127;
 /// Most features a forest can have for its trees' leaves to be remembered: the features a
-/// folded tree reads are the bits of a `u128`.
+/// tree's reached nodes read are the bits of a `u128`.
 const MAX_MEMO_FEATURES: usize = 128;
 /// Category code of NaN, negative and out-of-range values: in no bitset.
 const NO_CATEGORY: u32 = u32::MAX;
@@ -146,8 +147,8 @@ impl Nodes {
 /// What depends only on the input stays cached for the next batch of the same forest: the
 /// rows that go left at each node while its feature's column is the same (the candidates of
 /// consecutive requests mostly are), and per tree the leaf each row reached, while the
-/// tree folds the same way on the batch's constant features and the columns it reads are
-/// the same. Using a scratch with another forest drops the caches.
+/// columns the reached nodes read are the same and the constant nodes passed go the same
+/// way. Using a scratch with another forest drops the caches.
 #[derive(Debug, Clone, Default)]
 pub struct EvalScratch {
     /// [`Forest::id`] of the forest the caches belong to (0: none yet).
@@ -677,6 +678,12 @@ mod tests {
                 .flat_map(|i| [((i + shift) % 10) as f64 / 10.0, (i % 9) as f64, constant])
                 .collect()
         };
+        // Feature 0 constant too.
+        let flat = |n: usize, constant: f64, v0: f64| -> Vec<f64> {
+            (0..n)
+                .flat_map(|i| [v0, (i % 9) as f64, constant])
+                .collect()
+        };
         let base = batch(100, 0.0, 0);
         let mut changed = base.clone();
         changed[3 * 3 + 1] = 5.0;
@@ -696,9 +703,9 @@ mod tests {
             (&a, batch(100, 1.0, 3)),
             (&a, base.clone()),
             (&a, base.clone()),
-            // Another constant value that folds the trees the same way: leaves remembered.
+            // Another constant value on the same side of the thresholds: leaves remembered.
             (&a, batch(100, 0.2, 0)),
-            // The same fold with a changed column: not remembered.
+            // The same constant value with a changed column: not remembered.
             (&a, batch(100, 0.2, 1)),
             // Back to contents seen before: their generation (and leaves) come back.
             (&a, base.clone()),
@@ -709,6 +716,12 @@ mod tests {
             (&a, batch(10, 0.0, 2)),
             (&a, batch(10, 1.0, 2)),
             (&a, batch(10, 0.0, 0)),
+            // A column that becomes constant over the batch, takes another value, returns.
+            (&a, flat(100, 0.0, 0.3)),
+            (&a, flat(100, 0.0, 0.7)),
+            (&a, flat(100, 0.0, 0.3)),
+            (&a, base.clone()),
+            (&a, flat(100, 0.0, 0.3)),
             // Several blocks: each compares with the block before.
             (&a, batch(2 * block::BLOCK + 44, 0.0, 0)),
             (&a, batch(2 * block::BLOCK + 44, 0.0, 0)),

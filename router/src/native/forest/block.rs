@@ -19,14 +19,17 @@
 //! when a column returns to contents it held a few batches before): the router scores the
 //! same candidates for request after request, and most candidate features (provider,
 //! region, prices) do not depend on the request, so the set of the block's rows that go left
-//! at each node is kept with its column's generation, and while that holds a node costs one
-//! AND with the rows that reach it. The leaves themselves are remembered per tree (see
-//! [`super::memo`]); with small batches (up to [`SMALL_BATCH`] rows) a missing tree is
-//! walked row by row instead of with row sets.
+//! at each node is kept with its column's generation (the last two generations: the
+//! candidate set, and so every column, changes back and forth with the request's resources),
+//! and while that holds a node costs one AND with the rows that reach it. The leaves
+//! themselves are remembered per tree (see [`super::memo`]), one byte per row, written from
+//! bit planes (bit `k` of the leaf index for every row) eight rows at a time; with small
+//! batches (up to [`SMALL_BATCH`] rows) a missing tree is walked row by row instead of with
+//! row sets.
 //!
 //! The trees' outputs are added to the rows' sums in tree order, several trees per pass.
 
-use super::memo::{Folding, Memo};
+use super::memo::{Memo, Reached};
 use super::{
     CATEGORICAL, EvalScratch, Forest, NAN_LEFT, NO_CATEGORY, Nodes, SMALL_BATCH, TreeRoot, ZERO,
 };
@@ -64,18 +67,23 @@ pub(super) struct BlockScratch {
     /// Per feature: whether its column has contents seen before (then the row sets cached
     /// for its nodes may apply).
     stable: Vec<bool>,
-    /// Per feature: generation of its column's contents. Equal generations of a feature mean
-    /// bit-identical contents (and number of rows); contents not seen before (or forgotten)
-    /// get a new one.
+    /// Per feature: generation of its column's contents, or of its value when it is constant
+    /// over the batch. Equal generations of a feature mean bit-identical contents (and number
+    /// of rows), or the same value of a constant feature; contents or values not seen before
+    /// (or forgotten) get a new one.
     generation: Vec<u64>,
     next_generation: u64,
     /// Per feature: earlier contents of its column and their generations.
     history: Vec<History>,
+    /// Per feature: values it held while constant over a batch, and their generations.
+    values: Vec<Values>,
     /// The column being loaded.
     fresh: Vec<f64>,
-    /// Per node of the forest: the generation of its feature's column the set was computed
-    /// for (0: never) and the rows of the whole block that go left.
-    left_cache: Vec<(u64, RowSet)>,
+    /// Per node of the forest, for the two generations of its feature's column it was last
+    /// needed for (the candidate set, and so every column, changes back and forth with the
+    /// request's resources), most recent first: the generation (0: none) and the rows of the
+    /// whole block that go left.
+    left_cache: Vec<[(u64, RowSet); 2]>,
 }
 
 /// Contents a column has held, kept so that a column that returns to one of them gets its
@@ -88,8 +96,36 @@ struct History {
     clock: u64,
 }
 
-/// Contents kept per column.
+/// Contents kept per column, and values per constant feature.
 const VERSIONS: usize = 16;
+
+/// Values a feature has held while constant over a batch, kept with their generations so
+/// that a value that returns gets its generation back.
+#[derive(Debug, Clone, Default)]
+struct Values {
+    /// (value bits, generation).
+    kept: Vec<(u64, u64)>,
+    /// The slot to replace next when all are taken.
+    next: usize,
+}
+
+impl Values {
+    /// The generation of value `bits`, a new one (from `next_generation`) if not kept.
+    fn generation(&mut self, bits: u64, next_generation: &mut u64) -> u64 {
+        if let Some((_, generation)) = self.kept.iter().find(|(b, _)| *b == bits) {
+            return *generation;
+        }
+        *next_generation += 1;
+        let kept = (bits, *next_generation);
+        if self.kept.len() < VERSIONS {
+            self.kept.push(kept);
+        } else {
+            self.kept[self.next] = kept;
+            self.next = (self.next + 1) % VERSIONS;
+        }
+        *next_generation
+    }
+}
 
 fn same_bits(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -144,8 +180,9 @@ impl BlockScratch {
         self.loaded_rows = 0;
         self.loaded.clear();
         self.history.iter_mut().for_each(History::clear);
+        self.values.iter_mut().for_each(|v| v.kept.clear());
         if self.left_cache.len() < n_nodes {
-            self.left_cache.resize(n_nodes, (0, [0; WORDS]));
+            self.left_cache.resize(n_nodes, [(0, [0; WORDS]); 2]);
         }
     }
 }
@@ -230,7 +267,9 @@ fn compare_column(col: &[f64], t: f64, nan_left: bool) -> RowSet {
 impl BlockScratch {
     /// Walks `tree` over the loaded block of `n` rows with row sets; calls `leaf` with every
     /// leaf reached (global index) and its rows. Nodes on `constant` features (values in the
-    /// prepared row `x0`) send all their rows one way.
+    /// prepared row `x0`) send all their rows one way. Returns the constant nodes passed
+    /// and the features of those and of the other nodes some rows reached (nodes and features
+    /// beyond 127 are left out: only memoized trees use them).
     fn walk(
         &mut self,
         forest: &Forest,
@@ -239,15 +278,16 @@ impl BlockScratch {
         x0: &[f64],
         n: usize,
         mut leaf: impl FnMut(usize, &RowSet),
-    ) {
+    ) -> Reached {
         let all: RowSet = std::array::from_fn(|w| match n.saturating_sub(w * 64) {
             0 => 0,
             r @ 1..64 => (1 << r) - 1,
             _ => u64::MAX,
         });
+        let mut reached = Reached::default();
         if tree.root < 0 {
             leaf(!tree.root as usize, &all);
-            return;
+            return reached;
         }
         let BlockScratch {
             cols,
@@ -302,8 +342,13 @@ impl BlockScratch {
             let rows_here = sets[k];
             let i = base + k;
             let f = nodes.feature[i] as usize;
+            let bit = 1u128.checked_shl(f as u32).unwrap_or(0);
             if constant[f] {
+                reached.passed |= bit;
+                let node_bit = 1u128.checked_shl(k as u32).unwrap_or(0);
+                reached.signature.passed |= node_bit;
                 let child = if nodes.goes_left(i, x0[f], &forest.cat_words) {
+                    reached.signature.left |= node_bit;
                     nodes.left[i]
                 } else {
                     nodes.right[i]
@@ -311,13 +356,17 @@ impl BlockScratch {
                 send(child, rows_here, sets, pending);
                 continue;
             }
+            reached.reads |= bit;
             let left = if stable[f] {
-                let (generation_of, cached) = &mut left_cache[i];
-                if *generation_of != generation[f] {
-                    *cached = forest.rows_left(nodes, i, &all, &ctx);
-                    *generation_of = generation[f];
+                let ways = &mut left_cache[i];
+                let g = generation[f];
+                if ways[0].0 != g {
+                    ways.swap(0, 1);
+                    if ways[0].0 != g {
+                        ways[0] = (g, forest.rows_left(nodes, i, &all, &ctx));
+                    }
                 }
-                and(cached, &rows_here)
+                and(&ways[0].1, &rows_here)
             } else {
                 forest.rows_left(nodes, i, &rows_here, &ctx)
             };
@@ -328,6 +377,7 @@ impl BlockScratch {
             send(nodes.left[i], left, sets, pending);
             send(nodes.right[i], right, sets, pending);
         }
+        reached
     }
 }
 
@@ -343,19 +393,53 @@ fn fill_rows<T: Copy>(dst: &mut [T], set: &RowSet, value: T) {
     }
 }
 
+/// Bits of a memoized tree's local leaf index (it has at most 128 leaves).
+const LEAF_BITS: usize = 7;
+
+/// `SPREAD[b]` has byte `j` set to 1 where bit `j` of `b` is set.
+static SPREAD: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if b >> j & 1 == 1 {
+                table[b] |= 1 << (8 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// Sets every row's byte in `leaves` from its bits in `planes` (bit `k` of row `r`'s byte
+/// is row `r`'s bit in `planes[k]`; the higher bits are 0): eight rows at a time, whatever
+/// the leaves' row sets look like.
+fn write_leaves(leaves: &mut [u8], planes: &[RowSet]) {
+    for (c, chunk) in leaves.chunks_mut(8).enumerate() {
+        let shift = (c % 8) * 8;
+        let mut bytes = 0u64;
+        for (k, plane) in planes.iter().enumerate() {
+            bytes |= SPREAD[((plane[c / 8] >> shift) & 0xff) as usize] << k;
+        }
+        let bytes = bytes.to_le_bytes();
+        match <&mut [u8; 8]>::try_from(&mut *chunk) {
+            Ok(whole) => *whole = bytes,
+            Err(_) => chunk.copy_from_slice(&bytes[..chunk.len()]),
+        }
+    }
+}
+
 /// A tree's output over a block, added to the rows' sums with its neighbours': row `r`
-/// adds `leaf_value[first + leaves[r]]`, where `leaves` is a memo entry's, or all zeros for
-/// a tree that folds to a single leaf.
+/// adds `leaf_value[first + leaves[r]]`, where `leaves` is a memo entry's.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Term {
-    /// The memo entry with the leaves (`None`: all zeros).
-    entry: Option<usize>,
+    /// The memo entry with the leaves.
+    entry: usize,
     first: u32,
     len: u32,
 }
-
-/// Leaf index 0 for every row.
-static FIRST_LEAF: [u8; BLOCK] = [0; BLOCK];
 
 /// Adds `K` trees' outputs to each row's sum, in order: `values[k][leaves[k][r]]`.
 #[inline(always)]
@@ -413,36 +497,38 @@ impl Forest {
                 }
                 continue;
             }
-            let (signature, reads) = match self.folding(tree, constant, x0) {
-                Folding::Leaf(leaf) => {
-                    terms.push(Term {
-                        entry: None,
-                        first: leaf as u32,
-                        len: 1,
-                    });
-                    continue;
-                }
-                Folding::Tree(signature, reads) => (signature, reads),
-            };
-            let first = tree.first_leaf as usize;
-            let slot = memo.slot(t, signature, reads, n);
-            if !slot.hit {
-                memo.fill(&slot, signature, n, |leaves| {
-                    let local = |leaf: usize| (leaf - first) as u8;
+            let same_way =
+                |signature: &_, changed| self.same_way(tree, signature, changed, constant, x0);
+            let entry = match memo.recall(t, n, same_way) {
+                Some(entry) => entry,
+                None => memo.fill(t, n, |leaves| {
+                    let local = |leaf: usize| (leaf - tree.first_leaf as usize) as u8;
                     if small {
                         for (l, rx) in leaves.iter_mut().zip(x.chunks_exact(nf)) {
                             *l =
                                 local(!self.nodes.leaf_of(tree.root, rx, &self.cat_words) as usize);
                         }
-                    } else {
-                        block.walk(self, tree, constant, x0, n, |leaf, set| {
-                            fill_rows(leaves, set, local(leaf));
-                        });
+                        return self.folding(tree, constant, x0);
                     }
-                });
-            }
+                    // Bit b of the leaf index, for every row.
+                    let mut planes = [[0u64; WORDS]; LEAF_BITS];
+                    let reached = block.walk(self, tree, constant, x0, n, |leaf, set| {
+                        let mut index = local(leaf);
+                        while index != 0 {
+                            let plane = &mut planes[index.trailing_zeros() as usize];
+                            for (p, s) in plane.iter_mut().zip(set) {
+                                *p |= s;
+                            }
+                            index &= index - 1;
+                        }
+                    });
+                    let bits = (u32::BITS - tree.size.leading_zeros()) as usize;
+                    write_leaves(leaves, &planes[..bits]);
+                    reached
+                }),
+            };
             terms.push(Term {
-                entry: Some(slot.index),
+                entry,
                 first: tree.first_leaf,
                 len: tree.size + 1,
             });
@@ -454,7 +540,7 @@ impl Forest {
     /// rows: each row's sum stays in a register across them.
     fn add_terms(&self, out: &mut [f64], terms: &[Term], memo: &Memo) {
         let n = out.len();
-        let leaves = |t: &Term| t.entry.map_or(&FIRST_LEAF[..n], |e| memo.leaves(e, n));
+        let leaves = |t: &Term| memo.leaves(t.entry, n);
         let values = |t: &Term| &self.leaf_value[t.first as usize..][..t.len as usize];
         for group in terms.chunks(4) {
             match group {
@@ -491,12 +577,16 @@ impl Forest {
         scratch.stable.resize(nf, false);
         scratch.generation.resize(nf, 0);
         scratch.history.resize_with(nf, History::default);
+        scratch.values.resize_with(nf, Values::default);
         let old_rows = scratch.loaded_rows;
         let mut tables_still_valid = true;
         for f in 0..nf {
             if constant[f] {
                 scratch.loaded[f] = false;
                 scratch.stable[f] = false;
+                let bits = self.prepare(f, rows[f]).to_bits();
+                scratch.generation[f] =
+                    scratch.values[f].generation(bits, &mut scratch.next_generation);
                 continue;
             }
             let prepared = || rows.chunks_exact(nf).map(|row| self.prepare(f, row[f]));
@@ -643,6 +733,31 @@ impl Forest {
                 for_each_row(set, |r| {
                     tree_out[r] = self.leaf_output(linear, leaf, &rows[r * nf..(r + 1) * nf]);
                 });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn leaf_bytes_come_from_their_bit_planes(
+            planes in proptest::collection::vec(any::<[u64; WORDS]>(), 0..=LEAF_BITS),
+            rows in 0..=BLOCK,
+        ) {
+            let mut leaves = vec![0xAAu8; rows];
+            write_leaves(&mut leaves, &planes);
+            for (r, byte) in leaves.iter().enumerate() {
+                let want = planes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| (((p[r / 64] >> (r % 64)) & 1) as u8) << k)
+                    .sum::<u8>();
+                prop_assert_eq!(*byte, want, "row {}", r);
             }
         }
     }
