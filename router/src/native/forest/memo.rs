@@ -116,11 +116,11 @@ impl Memo {
     }
 
     /// The features whose generations differ between snapshot `s` and the current batch
-    /// (all, for an empty or forgotten snapshot). Each kept snapshot is compared with the
+    /// (`None` for an empty or forgotten snapshot). Each kept snapshot is compared with the
     /// current one once per batch, when first asked about.
-    fn changed_since(&mut self, s: u64) -> u128 {
+    fn changed_since(&mut self, s: u64) -> Option<u128> {
         if s == 0 || s + SNAPSHOTS <= self.current {
-            return u128::MAX;
+            return None;
         }
         let at = (s % SNAPSHOTS) as usize;
         if self.differs[at].0 != self.current {
@@ -131,7 +131,7 @@ impl Memo {
             }
             self.differs[at] = (self.current, differs);
         }
-        self.differs[at].1
+        Some(self.differs[at].1)
     }
 
     /// Moves entry `index` to the current batch.
@@ -155,7 +155,9 @@ impl Memo {
             if key.rows as usize != rows {
                 continue;
             }
-            let changed = self.changed_since(key.snapshot);
+            let Some(changed) = self.changed_since(key.snapshot) else {
+                continue;
+            };
             if changed & key.reads != 0 {
                 continue;
             }
