@@ -470,11 +470,10 @@ impl Forest {
             terms,
             ..
         } = scratch;
-        self.load_block(block, constant, rows, !small);
+        self.load_block(block, constant, x0, rows, !small);
         memo.begin(&block.generation);
-        if small {
-            self.prepare_rows(rows, x);
-        }
+        // Small batches' rows are prepared for their row-by-row walks, once a tree needs one.
+        let mut x_ready = false;
         tree_out.resize(BLOCK, 0.0);
         let tree_out = &mut tree_out[..n];
         // Memoized trees are added in groups (see `add_terms`), the others one by one, all in
@@ -485,6 +484,9 @@ impl Forest {
                 self.add_terms(out, terms, memo);
                 terms.clear();
                 if small {
+                    if !std::mem::replace(&mut x_ready, true) {
+                        self.prepare_rows(rows, x);
+                    }
                     let trees = std::iter::once((tree.root, tree.linear));
                     self.walk_rows(trees, x, rows, out);
                     continue;
@@ -504,6 +506,9 @@ impl Forest {
                 None => memo.fill(t, n, |leaves| {
                     let local = |leaf: usize| (leaf - tree.first_leaf as usize) as u8;
                     if small {
+                        if !std::mem::replace(&mut x_ready, true) {
+                            self.prepare_rows(rows, x);
+                        }
                         for (l, rx) in leaves.iter_mut().zip(x.chunks_exact(nf)) {
                             *l =
                                 local(!self.nodes.leaf_of(tree.root, rx, &self.cat_words) as usize);
@@ -562,11 +567,13 @@ impl Forest {
     }
 
     /// Fills the column-major copy and the category tables of one block, noting which
-    /// columns are the same as in the block before.
+    /// columns are the same as in the block before; a constant feature (its value in the
+    /// prepared row `x0`) gets its value's generation.
     fn load_block(
         &self,
         scratch: &mut BlockScratch,
         constant: &[bool],
+        x0: &[f64],
         rows: &[f64],
         with_tables: bool,
     ) {
@@ -584,9 +591,8 @@ impl Forest {
             if constant[f] {
                 scratch.loaded[f] = false;
                 scratch.stable[f] = false;
-                let bits = self.prepare(f, rows[f]).to_bits();
                 scratch.generation[f] =
-                    scratch.values[f].generation(bits, &mut scratch.next_generation);
+                    scratch.values[f].generation(x0[f].to_bits(), &mut scratch.next_generation);
                 continue;
             }
             let prepared = || rows.chunks_exact(nf).map(|row| self.prepare(f, row[f]));
